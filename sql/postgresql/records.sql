@@ -1,0 +1,104 @@
+-- Records: create, fetch, list, and state changes.
+
+-- name: record_columns
+-- The columns of a record as the API returns them (JSON as text, times as RFC 3339 UTC).
+id::text AS id, source, category, payload::text AS payload, status, result::text AS result,
+classification, score, error, attempts,
+to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,
+to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS updated_at,
+to_char(processed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS processed_at
+
+-- name: insert_record
+-- Create one pending record.
+INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at)
+VALUES (%(id)s, %(source)s, %(category)s, %(payload)s::json, 'pending', 0, %(now)s, %(now)s)
+RETURNING {record_columns};
+
+-- name: get_record
+-- Fetch one record by id.
+SELECT {record_columns} FROM records WHERE id = %(id)s;
+
+-- name: lock_record
+-- Fetch and row-lock one record for a state change; concurrent callers queue here.
+SELECT {record_columns} FROM records WHERE id = %(id)s FOR UPDATE;
+
+-- name: set_outcome
+-- Store a transition's new state; the status guard makes a lost race change nothing.
+UPDATE records
+SET status = %(to_status)s, result = %(result)s::json, classification = %(classification)s, score = %(score)s,
+    error = %(error)s, attempts = attempts + %(attempt)s, updated_at = %(now)s,
+    processed_at = %(processed_at)s
+WHERE id = %(id)s AND status = %(from_status)s
+RETURNING {record_columns};
+
+-- name: insert_event
+-- Append one entry to a record's audit trail.
+INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
+VALUES (%(record_id)s, %(from_status)s, %(to_status)s, %(now)s, %(request_id)s, %(detail)s);
+
+-- name: list_events
+-- A record's audit trail, oldest first.
+SELECT record_id::text AS record_id, from_status, to_status,
+       to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS at, request_id, detail
+FROM record_events WHERE record_id = %(record_id)s ORDER BY id;
+
+-- name: list_records
+-- One page of records; {filters} and {order} are whitelisted fragments below.
+SELECT {record_columns} FROM records WHERE {filters} ORDER BY {order}
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: count_records
+-- How many records match the filters.
+SELECT count(*) AS total FROM records WHERE {filters};
+
+-- name: filter.status
+-- Listing and report filter.
+status = %(status)s
+
+-- name: filter.category
+-- Listing and report filter.
+category = %(category)s
+
+-- name: filter.source
+-- Listing and report filter.
+source = %(source)s
+
+-- name: filter.created_from
+-- Inclusive lower bound on created_at.
+created_at >= %(created_from)s
+
+-- name: filter.created_to
+-- Inclusive upper bound on created_at.
+created_at <= %(created_to)s
+
+-- name: order.created_at.asc
+-- Sort fragment; ties break by id in the same direction.
+created_at ASC, id ASC
+
+-- name: order.created_at.desc
+-- Sort fragment.
+created_at DESC, id DESC
+
+-- name: order.status.asc
+-- Sort fragment.
+status ASC, id ASC
+
+-- name: order.status.desc
+-- Sort fragment.
+status DESC, id DESC
+
+-- name: order.category.asc
+-- Sort fragment.
+category ASC, id ASC
+
+-- name: order.category.desc
+-- Sort fragment.
+category DESC, id DESC
+
+-- name: order.source.asc
+-- Sort fragment.
+source ASC, id ASC
+
+-- name: order.source.desc
+-- Sort fragment.
+source DESC, id DESC

@@ -1,0 +1,100 @@
+-- Records: create, fetch, list, and state changes.
+
+-- name: record_columns
+-- The columns of a record as the API returns them (JSON as text, times as RFC 3339 UTC).
+id, source, category, payload, status, result, classification, score, error, attempts,
+created_at, updated_at, processed_at
+
+-- name: insert_record
+-- Create one pending record.
+INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at)
+VALUES (:id, :source, :category, :payload, 'pending', 0, :now, :now)
+RETURNING {record_columns};
+
+-- name: get_record
+-- Fetch one record by id.
+SELECT {record_columns} FROM records WHERE id = :id;
+
+-- name: lock_record
+-- Fetch one record for a state change; BEGIN IMMEDIATE already holds the write lock.
+SELECT {record_columns} FROM records WHERE id = :id;
+
+-- name: set_outcome
+-- Store a transition's new state; the status guard makes a lost race change nothing.
+UPDATE records
+SET status = :to_status, result = :result, classification = :classification, score = :score,
+    error = :error, attempts = attempts + :attempt, updated_at = :now,
+    processed_at = :processed_at
+WHERE id = :id AND status = :from_status
+RETURNING {record_columns};
+
+-- name: insert_event
+-- Append one entry to a record's audit trail.
+INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
+VALUES (:record_id, :from_status, :to_status, :now, :request_id, :detail);
+
+-- name: list_events
+-- A record's audit trail, oldest first.
+SELECT record_id, from_status, to_status, at, request_id, detail
+FROM record_events WHERE record_id = :record_id ORDER BY id;
+
+-- name: list_records
+-- One page of records; {filters} and {order} are whitelisted fragments below.
+SELECT {record_columns} FROM records WHERE {filters} ORDER BY {order}
+LIMIT :limit OFFSET :offset;
+
+-- name: count_records
+-- How many records match the filters.
+SELECT count(*) AS total FROM records WHERE {filters};
+
+-- name: filter.status
+-- Listing and report filter.
+status = :status
+
+-- name: filter.category
+-- Listing and report filter.
+category = :category
+
+-- name: filter.source
+-- Listing and report filter.
+source = :source
+
+-- name: filter.created_from
+-- Inclusive lower bound on created_at.
+created_at >= :created_from
+
+-- name: filter.created_to
+-- Inclusive upper bound on created_at.
+created_at <= :created_to
+
+-- name: order.created_at.asc
+-- Sort fragment; ties break by id in the same direction.
+created_at ASC, id ASC
+
+-- name: order.created_at.desc
+-- Sort fragment.
+created_at DESC, id DESC
+
+-- name: order.status.asc
+-- Sort fragment.
+status ASC, id ASC
+
+-- name: order.status.desc
+-- Sort fragment.
+status DESC, id DESC
+
+-- name: order.category.asc
+-- Sort fragment.
+category ASC, id ASC
+
+-- name: order.category.desc
+-- Sort fragment.
+category DESC, id DESC
+
+-- name: order.source.asc
+-- Sort fragment.
+source ASC, id ASC
+
+-- name: order.source.desc
+-- Sort fragment.
+source DESC, id DESC

@@ -1,0 +1,25 @@
+-- Connection set-up and transaction control for SQLite.
+
+-- name: pragma.journal_mode
+-- Readers never block the writer, and the writer never blocks readers.
+PRAGMA journal_mode = WAL;
+
+-- name: pragma.synchronous
+-- Durable at each checkpoint; safe with WAL against application crashes.
+PRAGMA synchronous = NORMAL;
+
+-- name: pragma.foreign_keys
+-- Enforce record_events.record_id.
+PRAGMA foreign_keys = ON;
+
+-- name: begin_read
+-- A read snapshot for several statements.
+BEGIN;
+
+-- name: begin_write
+-- Take the write lock up front, so the busy timeout applies to waiting for it.
+BEGIN IMMEDIATE;
+
+-- name: ping
+-- Health check.
+SELECT 1 AS ok;

@@ -1,0 +1,204 @@
+"""The workflow service's front door.
+
+- `create_app(settings=None, processors=None)` builds a WSGI app; nothing is
+  shared between two apps in one process.
+- `app` is the module-level app for `gunicorn workflow:app`, built on first
+  access from the environment and `.env`.
+- `python -m workflow serve | migrate ... | worker` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import falcon
+
+from workflow_service.config import ConfigError, Settings, load_settings
+from workflow_service.db import Database, open_database
+from workflow_service.errors import DatabaseUnavailable
+from workflow_service.middleware import APIKeyAuth, RequestContext, configure_logging, handle_error
+from workflow_service.records import RecordCollection, RecordEvents, RecordItem, RecordProcess
+from workflow_service.reports import Summary
+from workflow_service.states import ProcessorRegistry
+from workflow_service.validation import SCHEMA_DIR
+
+ROOT = Path(__file__).resolve().parent
+
+
+class Health:
+    """`GET /health`: is the database reachable?"""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def on_get(self, req, resp):
+        try:
+            self.db.ping()
+        except DatabaseUnavailable as exc:
+            resp.status = falcon.HTTP_503
+            # The class name only: driver messages can carry host, user or password.
+            reason = type(exc.__cause__).__name__ if exc.__cause__ else "DatabaseUnavailable"
+            resp.media = {"status": "unhealthy", "database": "disconnected", "error": reason}
+            return
+        resp.media = {"status": "healthy", "database": "connected"}
+
+
+class Version:
+    """`GET /version`."""
+
+    def __init__(self, settings: Settings):
+        self.body = {"version": settings.app_version, "commit": settings.git_commit,
+                     "environment": settings.app_env}
+
+    def on_get(self, req, resp):
+        resp.media = self.body
+
+
+class WorkflowApp(falcon.App):
+    """A falcon.App that also exposes its `db` and `settings` to embedders and tests."""
+
+    db: Database
+    settings: Settings
+
+
+def create_app(settings: Settings | None = None, processors: dict | None = None,
+               db: Database | None = None) -> WorkflowApp:
+    """Build the WSGI app: routes, middleware and error rendering."""
+    settings = settings or load_settings()
+    db = db or open_database(settings)
+    registry = ProcessorRegistry(processors, SCHEMA_DIR / "categories")
+
+    app = WorkflowApp(middleware=[RequestContext(), APIKeyAuth(settings.api_keys)])
+    app.req_options.strip_url_path_trailing_slash = True  # /records/ answers like /records
+    app.req_options.auto_parse_qs_csv = False
+    app.add_error_handler(Exception, handle_error)
+    app.add_error_handler(falcon.HTTPError, handle_error)
+
+    app.add_route("/health", Health(db))
+    app.add_route("/version", Version(settings))
+    app.add_route("/records", RecordCollection(db, settings.max_body_bytes))
+    app.add_route("/records/{record_id}", RecordItem(db))
+    app.add_route("/records/{record_id}/process", RecordProcess(db, registry))
+    app.add_route("/records/{record_id}/events", RecordEvents(db))
+    app.add_route("/reports/summary", Summary(db))
+
+    app.db, app.settings = db, settings
+    return app
+
+
+def _load_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        sys.stderr.write(f"workflow: configuration error: {exc}\n")
+        raise SystemExit(2) from None
+
+
+def __getattr__(name: str):
+    # `gunicorn workflow:app` reads this; importing create_app builds nothing.
+    if name == "app":
+        settings = _load_or_exit()
+        configure_logging(settings.log_level)
+        globals()["app"] = create_app(settings)
+        return globals()["app"]
+    raise AttributeError(name)
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_serve(args, settings: Settings) -> int:
+    """Apply pending migrations, then exec gunicorn on this module's `app`."""
+    if not args.no_migrate:
+        code = cmd_migrate(argparse.Namespace(action="up", steps=None), settings)
+        if code:
+            return code
+    argv = [
+        sys.executable, "-m", "gunicorn", "workflow:app",
+        "--bind", f"{args.host}:{args.port}",
+        "--workers", str(args.workers),
+        "--chdir", str(ROOT),
+        "--timeout", "30",
+        "--graceful-timeout", "20",
+        "--log-level", "warning",
+    ]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def cmd_migrate(args, settings: Settings) -> int:
+    """`migrate up | down [N] | current | history | status`."""
+    from workflow_service.migrations import MigrationError, Migrator
+
+    db = open_database(settings)
+    try:
+        migrator = Migrator(db)
+        if args.action == "up":
+            done = migrator.up()
+            for m in done:
+                print(f"applied {m.version:04d}_{m.name}")
+            if not done:
+                print("nothing to apply: the database is up to date")
+        elif args.action == "down":
+            done = migrator.down(args.steps if args.steps is not None else 1)
+            for m in done:
+                print(f"rolled back {m.version:04d}_{m.name}")
+            if not done:
+                print("nothing to roll back")
+        elif args.action == "current":
+            applied = migrator.applied()
+            print(f"{applied[-1]['version']:04d}_{applied[-1]['name']}" if applied else "none")
+        elif args.action == "history":
+            for row in migrator.applied():
+                print(f"{row['version']:04d}_{row['name']}  applied {row['applied_at']}  sha256 {row['checksum'][:12]}")
+        else:
+            for row in migrator.status():
+                state = "EDITED" if row["edited"] else ("applied " + row["applied_at"] if row["applied_at"] else "pending")
+                print(f"{row['version']:04d}_{row['name']}  {state}")
+    except MigrationError as exc:
+        sys.stderr.write(f"workflow: migrate {args.action}: {exc}\n")
+        return 1
+    finally:
+        db.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m workflow", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="apply migrations, then serve with gunicorn")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2") or 2))
+    serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations first")
+
+    migrate = commands.add_parser("migrate", help="apply, roll back or inspect migrations")
+    migrate.add_argument("action", choices=["up", "down", "current", "history", "status"])
+    migrate.add_argument("steps", nargs="?", type=int, help="for down: how many (default 1)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return the exit code."""
+    args = build_parser().parse_args(argv)
+    settings = _load_or_exit()
+    configure_logging(settings.log_level, stream=sys.stderr)
+    if args.command == "serve":
+        return cmd_serve(args, settings)
+    if args.command == "migrate":
+        if args.steps is not None and (args.action != "down" or args.steps < 1):
+            sys.stderr.write("workflow: only `migrate down N` takes a count, and N must be at least 1\n")
+            return 2
+        return cmd_migrate(args, settings)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

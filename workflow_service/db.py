@@ -1,0 +1,255 @@
+"""Database access for SQLite (embedded default) and PostgreSQL (psycopg 3).
+
+Both backends expose the same small interface: `read()` and `write()` context
+managers yielding a `Session` that runs named statements from `sql/`. Rows come
+back as dicts with the same shapes on both (the SQL files make sure of that).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .config import Settings
+from .errors import DatabaseUnavailable
+from .sqlfiles import Queries, load_queries
+
+log = logging.getLogger("workflow.db")
+
+
+class Session:
+    """Runs named statements on one connection inside one unit of work."""
+
+    no_params: tuple | None = None
+
+    def __init__(self, cursor, queries: Queries):
+        self._cur = cursor
+        self.queries = queries
+
+    def all(self, name: str, params: dict | None = None) -> list[dict]:
+        """All rows of statement `name`."""
+        return self.all_sql(self.queries[name], params)
+
+    def one(self, name: str, params: dict | None = None) -> dict | None:
+        """The first row of statement `name`, or None."""
+        return self.one_sql(self.queries[name], params)
+
+    def run(self, name: str, params: dict | None = None) -> int:
+        """Execute statement `name`; return the affected row count."""
+        self._cur.execute(self.queries[name], params or self.no_params)
+        return self._cur.rowcount
+
+    def all_sql(self, sql: str, params: dict | None = None) -> list[dict]:
+        """All rows of a composed statement (see `Queries.compose`)."""
+        self._cur.execute(sql, params or self.no_params)
+        return [dict(row) for row in self._cur.fetchall()]
+
+    def one_sql(self, sql: str, params: dict | None = None) -> dict | None:
+        """The first row of a composed statement, or None."""
+        self._cur.execute(sql, params or self.no_params)
+        row = self._cur.fetchone()
+        return None if row is None else dict(row)
+
+    def script(self, text: str) -> None:
+        """Run several `;`-separated statements (migrations)."""
+        self._cur.execute(text)
+
+
+def open_database(settings: Settings) -> "Database":
+    """The Database for `settings.database_url`; connects lazily."""
+    if settings.dialect == "sqlite":
+        return SQLiteDatabase(settings)
+    return PostgresDatabase(settings)
+
+
+class Database:
+    """Common shape of both backends."""
+
+    dialect: str
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.queries = load_queries(self.dialect)
+
+    def ping(self) -> None:
+        """Raise DatabaseUnavailable unless a trivial query succeeds."""
+        with self.read() as s:
+            s.one("ping")
+
+
+class _SQLiteSession(Session):
+    no_params = ()
+
+    def script(self, text: str) -> None:
+        statement = ""
+        for line in text.splitlines(keepends=True):
+            statement += line
+            if sqlite3.complete_statement(statement):
+                self._cur.execute(statement)
+                statement = ""
+        if statement.strip() and not all(
+            part.strip().startswith("--") or not part.strip() for part in statement.splitlines()
+        ):
+            raise ValueError("unterminated SQL statement at the end of the script")
+
+
+class SQLiteDatabase(Database):
+    """One connection per thread and process, reused for every request."""
+
+    dialect = "sqlite"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.path = settings.database_url[len("sqlite:///") :]
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.settings.db_timeout_seconds,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=True,
+            )
+            conn.row_factory = sqlite3.Row
+            for name in ("pragma.journal_mode", "pragma.synchronous", "pragma.foreign_keys"):
+                conn.execute(self.queries[name])
+        except sqlite3.Error as exc:
+            log.error("sqlite.connect_failed", extra={"fields": {"error": str(exc), "path": self.path}})
+            raise DatabaseUnavailable() from exc
+        self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def _unit(self, begin: str | None):
+        try:
+            conn = self._connection()
+            cur = conn.cursor()
+            if begin:
+                cur.execute(self.queries[begin])
+            try:
+                yield _SQLiteSession(cur, self.queries)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+            if conn.in_transaction:
+                conn.commit()
+        except sqlite3.OperationalError as exc:
+            # Locked past the busy timeout, disk full, read-only file, missing table...
+            log.error("sqlite.unavailable", extra={"fields": {"error": str(exc)}})
+            raise DatabaseUnavailable() from exc
+
+    def read(self, snapshot: bool = False):
+        """A read; `snapshot=True` keeps several statements consistent."""
+        return self._unit("begin_read" if snapshot else None)
+
+    def write(self):
+        """A write transaction holding SQLite's write lock from the start."""
+        return self._unit("begin_write")
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def postgres_conninfo(url: str, timeout: float) -> tuple[str, int, int]:
+    """Split the old docs' `pool_size`/`max_overflow` off a PostgreSQL URL."""
+    parts = urlsplit(url)
+    scheme = "postgresql"
+    params, pool_size, max_overflow = [], 10, 20
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "pool_size":
+            pool_size = int(value)
+        elif name == "max_overflow":
+            max_overflow = int(value)
+        else:
+            params.append((name, value))
+    if not any(name == "connect_timeout" for name, _ in params):
+        params.append(("connect_timeout", str(max(2, round(timeout)))))
+    conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(params), ""))
+    return conninfo, max(1, pool_size), max(0, max_overflow)
+
+
+class PostgresDatabase(Database):
+    """A psycopg connection pool per process, opened on first use after fork."""
+
+    dialect = "postgresql"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.conninfo, self.pool_size, self.max_overflow = postgres_conninfo(
+            settings.database_url, settings.db_timeout_seconds
+        )
+        self._pool = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    def _get_pool(self):
+        if self._pool is not None and self._pid == os.getpid():
+            return self._pool
+        from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool
+
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool = ConnectionPool(
+                    self.conninfo,
+                    min_size=1,
+                    max_size=self.pool_size + self.max_overflow,
+                    kwargs={"autocommit": True, "row_factory": dict_row},
+                    # A cheap check on checkout lets the pool recover by itself
+                    # after the server restarts (SPEC: 503, then healthy again).
+                    check=ConnectionPool.check_connection,
+                    timeout=self.settings.db_timeout_seconds,
+                    max_idle=300,
+                    reconnect_timeout=0,
+                    name="workflow",
+                    open=False,
+                )
+                self._pool.open(wait=False)
+                self._pid = os.getpid()
+        return self._pool
+
+    @contextmanager
+    def _unit(self, transaction: bool, begin: str | None):
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self._get_pool().connection() as conn:
+                with conn.cursor() as cur:
+                    if transaction:
+                        with conn.transaction():
+                            if begin:
+                                cur.execute(self.queries[begin])
+                            yield Session(cur, self.queries)
+                    else:
+                        yield Session(cur, self.queries)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            log.error("postgresql.unavailable", extra={"fields": {"error": type(exc).__name__}})
+            raise DatabaseUnavailable() from exc
+
+    def read(self, snapshot: bool = False):
+        """A read; `snapshot=True` runs in one repeatable-read transaction."""
+        return self._unit(snapshot, "begin_snapshot" if snapshot else None)
+
+    def write(self):
+        """A read-committed write transaction (rows are locked explicitly)."""
+        return self._unit(True, None)
+
+    def close(self) -> None:
+        """Close the pool of this process."""
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.close()
+        self._pool = None

@@ -1,0 +1,139 @@
+"""HTTP resources for records: create, list, fetch, process, events."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Callable
+
+import falcon
+
+from .db import Database
+from .errors import NotFound
+from .states import PROCESSED, ProcessorRegistry, transition
+from .timeutil import utc_now_text
+from .validation import parse_query, read_json_body, validate_body
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MAX_LIMIT = 200
+LIST_FILTERS = ("status", "category", "source")
+
+
+def record_out(row: dict) -> dict:
+    """A stored row as the API's record object."""
+    out = dict(row)
+    out["payload"] = json.loads(row["payload"])
+    out["result"] = None if row["result"] is None else json.loads(row["result"])
+    if row["score"] is not None:  # SQLite may hand back a whole REAL as int
+        out["score"] = float(row["score"])
+    return out
+
+
+def checked_id(record_id: str) -> str:
+    """A canonical UUID string, or NotFound (SPEC: a malformed id is a 404)."""
+    record_id = record_id.lower()
+    if not UUID_RE.match(record_id):
+        raise NotFound("record not found")
+    return record_id
+
+
+def filter_fragments(query: dict, after: str, before: str) -> tuple[tuple[str, ...], dict]:
+    """The whitelisted filter fragments and their parameters for a query."""
+    names, params = [], {}
+    for name in LIST_FILTERS:
+        if query.get(name) is not None:
+            names.append(f"filter.{name}")
+            params[name] = query[name]
+    if query.get(after) is not None:
+        names.append("filter.created_from")
+        params["created_from"] = query[after]
+    if query.get(before) is not None:
+        names.append("filter.created_to")
+        params["created_to"] = query[before]
+    return tuple(names), params
+
+
+class RecordCollection:
+    """`POST /records` and `GET /records`."""
+
+    def __init__(self, db: Database, max_body_bytes: int, new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+                 now: Callable[[], str] = utc_now_text):
+        self.db, self.max_body_bytes, self.new_id, self.now = db, max_body_bytes, new_id, now
+
+    def on_post(self, req, resp):
+        body = validate_body(read_json_body(req, self.max_body_bytes), "record_create.json")
+        params = {
+            "id": self.new_id(),
+            "source": body["source"],
+            "category": body["category"],
+            "payload": json.dumps(body["payload"], ensure_ascii=False),
+            "now": self.now(),
+        }
+        with self.db.write() as s:
+            row = s.one("insert_record", params)
+            s.run("insert_event", {"record_id": row["id"], "from_status": None, "to_status": row["status"],
+                                   "now": params["now"], "request_id": req.context.request_id, "detail": None})
+        resp.status = falcon.HTTP_201
+        resp.location = f"{req.root_path}/records/{row['id']}"
+        resp.media = record_out(row)
+
+    def on_get(self, req, resp):
+        query = parse_query(req, "queries/list_records.json")
+        limit = min(query["limit"], MAX_LIMIT)
+        filters, params = filter_fragments(query, "created_after", "created_before")
+        order = f"order.{query['sort_by']}.{query['sort_order']}"
+        with self.db.read(snapshot=True) as s:
+            list_sql = s.queries.compose("list_records", filters=filters, order=order)
+            count_sql = s.queries.compose("count_records", filters=filters)
+            rows = s.all_sql(list_sql, dict(params, limit=limit, offset=query["offset"]))
+            total = s.one_sql(count_sql, params)["total"]
+        resp.media = {
+            "items": [record_out(r) for r in rows],
+            "count": len(rows),
+            "total": total,
+            "limit": limit,
+            "offset": query["offset"],
+            "next_cursor": None,
+        }
+
+
+class RecordItem:
+    """`GET /records/{id}`."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def on_get(self, req, resp, record_id):
+        with self.db.read() as s:
+            row = s.one("get_record", {"id": checked_id(record_id)})
+        if row is None:
+            raise NotFound("record not found")
+        resp.media = record_out(row)
+
+
+class RecordProcess:
+    """`POST /records/{id}/process`: run the processor on a pending record."""
+
+    def __init__(self, db: Database, registry: ProcessorRegistry):
+        self.db, self.registry = db, registry
+
+    def on_post(self, req, resp, record_id):
+        row = transition(self.db, checked_id(record_id), PROCESSED, registry=self.registry,
+                         actor=req.context.request_id)
+        resp.media = record_out(row)
+
+
+class RecordEvents:
+    """`GET /records/{id}/events`: the audit trail, oldest first."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def on_get(self, req, resp, record_id):
+        record_id = checked_id(record_id)
+        with self.db.read(snapshot=True) as s:
+            if s.one("get_record", {"id": record_id}) is None:
+                raise NotFound("record not found")
+            events = s.all("list_events", {"record_id": record_id})
+        resp.media = {"items": events}

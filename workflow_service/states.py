@@ -1,0 +1,184 @@
+"""The state machine, its one transition function, and the processors.
+
+`pending → processed`, `pending → failed`, `failed → pending` (retry); nothing
+else. Every change runs in one write transaction that locks the record, checks
+the move, runs the processor, stores the new state and appends an audit event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from .db import Database
+from .errors import Conflict, NotFound
+from .timeutil import utc_now_text
+
+log = logging.getLogger("workflow.states")
+
+PENDING, PROCESSED, FAILED = "pending", "processed", "failed"
+STATUSES = (PENDING, PROCESSED, FAILED)
+ALLOWED = {(PENDING, PROCESSED), (PENDING, FAILED), (FAILED, PENDING)}
+
+Processor = Callable[[dict, dict], dict]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What processing decided for one record."""
+
+    status: str
+    result: dict | None = None
+    classification: str | None = None
+    score: float | None = None
+    error: str | None = None
+
+
+def builtin_rule(payload: dict) -> Outcome:
+    """The original service's rule: a `priority`, if present, must be numeric."""
+    priority = payload.get("priority", 0)
+    try:
+        if isinstance(priority, bool):  # SPEC: a JSON boolean is not a number
+            raise ValueError
+        score = float(priority)
+    except (TypeError, ValueError, OverflowError):
+        return Outcome(FAILED, error="invalid priority")
+    if not math.isfinite(score):  # "Infinity" would not round-trip as JSON
+        return Outcome(FAILED, error="invalid priority")
+    classification = "high" if score >= 8 else "medium" if score >= 4 else "low"
+    return Outcome(
+        PROCESSED,
+        result={"score": score, "classification": classification},
+        classification=classification,
+        score=score,
+    )
+
+
+class ProcessorRegistry:
+    """Per-app processors: category schemas, embedder functions, the built-in rule."""
+
+    def __init__(self, processors: dict[str, Processor] | None = None, categories_dir: Path | None = None):
+        self.functions = dict(processors or {})
+        for category, fn in self.functions.items():
+            if not callable(fn):
+                raise TypeError(f"processor for category {category!r} is not callable")
+        self.schemas = load_category_schemas(categories_dir) if categories_dir else {}
+
+    def run(self, record: dict) -> Outcome:
+        """Decide the outcome of processing `record` (never raises)."""
+        category, payload = record["category"], record["payload"]
+        schema = self.schemas.get(category)
+        if schema is not None:
+            problems = [
+                f"{'/'.join(str(p) for p in e.absolute_path) or '(payload)'}: {e.message}"
+                for e in sorted(schema.iter_errors(payload), key=lambda e: list(map(str, e.absolute_path)))
+            ]
+            if problems:
+                return Outcome(FAILED, error="; ".join(problems))
+        fn = self.functions.get(category)
+        if fn is None:
+            return builtin_rule(payload)
+        try:
+            result = fn(payload, record)
+        except Exception as exc:  # the processor's failure is the record's failure
+            log.exception("processor.error", extra={"fields": {"record_id": record["id"], "category": category}})
+            return Outcome(FAILED, error=str(exc) or type(exc).__name__)
+        if not isinstance(result, dict):
+            return Outcome(FAILED, error=f"processor returned {type(result).__name__}, not a JSON object")
+        try:
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return Outcome(FAILED, error=f"processor result is not JSON: {exc}")
+        score = result.get("score")
+        score = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+        classification = result.get("classification")
+        return Outcome(
+            PROCESSED,
+            result=result,
+            classification=classification if isinstance(classification, str) else None,
+            score=score if score is not None and math.isfinite(score) else None,
+        )
+
+
+def load_category_schemas(folder: Path) -> dict[str, Draft202012Validator]:
+    """Load `<category>.json` schemas; an invalid one stops start-up."""
+    validators = {}
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8"))
+            Draft202012Validator.check_schema(schema)
+        except (ValueError, SchemaError) as exc:
+            message = getattr(exc, "message", str(exc))
+            raise ValueError(f"{path}: not a valid JSON Schema: {message}") from None
+        validators[path.stem] = Draft202012Validator(schema)
+    return validators
+
+
+def transition(
+    db: Database,
+    record_id: str,
+    target: str,
+    *,
+    registry: ProcessorRegistry | None = None,
+    actor: str | None = None,
+    now: Callable[[], str] = utc_now_text,
+) -> dict:
+    """Move one record towards `target` atomically; return the stored row.
+
+    `target` is `processed` to run the processor (whose outcome may be
+    `failed`) or `pending` to retry a failed record. Raises NotFound for an
+    unknown record and Conflict, with the current status, when the move is not
+    allowed from where the record is.
+    """
+    with db.write() as s:
+        row = s.one("lock_record", {"id": record_id})
+        if row is None:
+            raise NotFound("record not found")
+        from_status = row["status"]
+        if (from_status, target) not in ALLOWED:
+            raise Conflict(f"record is {from_status}, cannot move it to {target}", details={"status": from_status})
+        if target == PROCESSED:
+            outcome = (registry or ProcessorRegistry()).run(dict(row, payload=json.loads(row["payload"])))
+        else:
+            outcome = Outcome(target)
+        stamp = now()
+        updated = s.one(
+            "set_outcome",
+            {
+                "id": record_id,
+                "from_status": from_status,
+                "to_status": outcome.status,
+                "result": None if outcome.result is None else json.dumps(outcome.result),
+                "classification": outcome.classification,
+                "score": outcome.score,
+                "error": outcome.error,
+                "attempt": 1 if target == PROCESSED else 0,
+                "now": stamp,
+                "processed_at": stamp if outcome.status != PENDING else None,
+            },
+        )
+        if updated is None:  # impossible under the row/write lock; refuse rather than guess
+            raise Conflict("record changed concurrently", details={"status": from_status})
+        s.run(
+            "insert_event",
+            {
+                "record_id": record_id,
+                "from_status": from_status,
+                "to_status": outcome.status,
+                "now": stamp,
+                "request_id": actor,
+                "detail": outcome.error,
+            },
+        )
+    log.info(
+        "record.transition",
+        extra={"fields": {"record_id": record_id, "from": from_status, "to": outcome.status, "request_id": actor}},
+    )
+    return updated

@@ -1,0 +1,201 @@
+"""Request validation: JSON bodies and query strings against `schemas/`.
+
+Every problem is reported, each with its location, in a 422's `details`.
+Hostile JSON (NaN, huge numbers, deep nesting, NUL, lone surrogates) is refused
+here, before any work is done.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
+
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, problem
+from .timeutil import parse_bound
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+MAX_JSON_DEPTH = 64
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str, schema_dir: Path = SCHEMA_DIR) -> dict:
+    """A schema document from `schemas/`, checked once."""
+    schema = json.loads((schema_dir / name).read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    return schema
+
+
+@lru_cache(maxsize=None)
+def validator_for(name: str) -> Draft202012Validator:
+    """A compiled validator for `schemas/<name>`."""
+    return Draft202012Validator(load_schema(name))
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _reject_constant(name: str):
+    raise _NotJSON(f"{name} is not valid JSON")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _NotJSON(f"number {text[:40]} is out of range")
+    return value
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """True for application/json and application/*+json (any parameters)."""
+    if not content_type:
+        return True  # like the old service: no Content-Type is read as JSON
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def read_json_body(req, max_bytes: int):
+    """Read and parse the request body as JSON, within `max_bytes`."""
+    if not is_json_media_type(req.content_type):
+        raise UnsupportedMediaType(f"Content-Type {req.content_type.split(';')[0]!r} is not application/json")
+    length = req.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(f"request body is over {max_bytes} bytes", details={"max_bytes": max_bytes})
+    raw = req.bounded_stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"request body is over {max_bytes} bytes", details={"max_bytes": max_bytes})
+    if not raw.strip():
+        raise BadRequest("request body is empty; send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"request body is not UTF-8 (byte {exc.start})") from None
+    try:
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
+    except _NotJSON as exc:
+        raise ValidationFailed(details=[problem(["body"], str(exc))]) from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ValidationFailed(details=[problem(["body"], f"nested deeper than {MAX_JSON_DEPTH} levels")]) from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise ValidationFailed(details=[problem(["body"], str(exc)[:200])]) from None
+    check_json_values(document)
+    return document
+
+
+def check_json_values(document) -> None:
+    """Refuse nesting past MAX_JSON_DEPTH and strings that no database stores intact."""
+    problems = []
+    stack = [(document, ["body"], 0)]
+    while stack and len(problems) < 20:
+        value, loc, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            problems.append(problem(loc, f"nested deeper than {MAX_JSON_DEPTH} levels"))
+            break
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if _bad_text(key):
+                    problems.append(problem(loc, _bad_text(key) + " in a field name"))
+                stack.append((item, loc + [key], depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, loc + [i], depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, str) and _bad_text(value):
+            problems.append(problem(loc, _bad_text(value)))
+    if problems:
+        raise ValidationFailed(details=problems)
+
+
+def _bad_text(text: str) -> str | None:
+    if "\x00" in text:
+        return "NUL characters are not allowed"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "lone surrogate characters are not allowed"
+    return None
+
+
+_MESSAGES = {
+    "type": lambda e: f"must be of type {e.validator_value}",
+    "minLength": lambda e: f"must be at least {e.validator_value} characters",
+    "maxLength": lambda e: f"must be at most {e.validator_value} characters",
+    "minimum": lambda e: f"must be at least {e.validator_value}",
+    "maximum": lambda e: f"must be at most {e.validator_value}",
+    "enum": lambda e: "must be one of: " + ", ".join(map(str, e.validator_value)),
+    "minItems": lambda e: f"must have at least {e.validator_value} items",
+    "maxItems": lambda e: f"must have at most {e.validator_value} items",
+}
+
+
+def schema_problems(validator: Draft202012Validator, document, root: str) -> list[dict]:
+    """Every violation of `validator` in `document`, located under `root`."""
+    problems = []
+    for error in validator.iter_errors(document):
+        loc = [root, *error.absolute_path]
+        if error.validator == "required":
+            missing = [p for p in error.validator_value if isinstance(error.instance, dict) and p not in error.instance]
+            problems.extend(problem(loc + [name], "field required") for name in missing)
+        elif error.validator == "additionalProperties":
+            known = set(error.schema.get("properties", {}))
+            problems.extend(problem(loc + [name], "unknown field") for name in error.instance if name not in known)
+        else:
+            message = _MESSAGES.get(error.validator, lambda e: e.message[:200])(error)
+            problems.append(problem(loc, message))
+    unique = {json.dumps(p, sort_keys=True, default=str): p for p in problems}
+    return sorted(unique.values(), key=lambda p: [str(part) for part in p["loc"]])
+
+
+def validate_body(document, schema_name: str) -> dict:
+    """Raise ValidationFailed listing every problem of `document` against the schema."""
+    problems = schema_problems(validator_for(schema_name), document, "body")
+    if problems:
+        raise ValidationFailed(details=problems)
+    return document
+
+
+def parse_query(req, schema_name: str) -> dict:
+    """Coerce and validate the query string against `schemas/<schema_name>`.
+
+    Integers are parsed, dates become stored-form bounds, defaults are applied,
+    unknown parameters are ignored (as the old service did). The last value of
+    a repeated parameter wins.
+    """
+    schema = load_schema(schema_name)
+    values, problems = {}, []
+    for name, spec in schema["properties"].items():
+        raw = req.get_param(name)
+        if raw is None:
+            if "default" in spec:
+                values[name] = spec["default"]
+            continue
+        if isinstance(raw, list):
+            raw = raw[-1]
+        if _bad_text(raw):
+            problems.append(problem(["query", name], _bad_text(raw)))
+        elif spec.get("type") == "integer":
+            text = raw.strip()
+            if not (text.lstrip("-").isdigit() and text.isascii() and len(text) <= 18):
+                problems.append(problem(["query", name], "must be an integer"))
+            else:
+                values[name] = int(text)
+        elif spec.get("format") == "date-or-date-time":
+            try:
+                values[name] = parse_bound(raw, upper=name in ("created_before", "date_to"))
+            except ValueError:
+                problems.append(problem(["query", name], "must be an ISO 8601 date or date-time"))
+        else:
+            values[name] = raw
+    checkable = {k: v for k, v in values.items() if spec_format(schema, k) is None}
+    problems.extend(schema_problems(validator_for(schema_name), checkable, "query"))
+    if problems:
+        raise ValidationFailed(details=sorted(problems, key=lambda p: [str(x) for x in p["loc"]]))
+    return values
+
+
+def spec_format(schema: dict, name: str) -> str | None:
+    """The `format` of a query parameter's schema, if any."""
+    return schema["properties"][name].get("format")
