@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -158,7 +157,9 @@ def cmd_migrate(args, settings: Settings) -> int:
                 print(f"{row['version']:04d}_{row['name']}  applied {row['applied_at']}  sha256 {row['checksum'][:12]}")
         else:
             for row in migrator.status():
-                state = "EDITED" if row["edited"] else ("applied " + row["applied_at"] if row["applied_at"] else "pending")
+                state = "pending" if not row["applied_at"] else f"applied {row['applied_at']}"
+                if row["edited"]:
+                    state = "EDITED after it was applied"
                 print(f"{row['version']:04d}_{row['name']}  {state}")
     except MigrationError as exc:
         sys.stderr.write(f"workflow: migrate {args.action}: {exc}\n")

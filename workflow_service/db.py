@@ -59,7 +59,7 @@ class Session:
         self._cur.execute(text)
 
 
-def open_database(settings: Settings) -> "Database":
+def open_database(settings: Settings) -> Database:
     """The Database for `settings.database_url`; connects lazily."""
     if settings.dialect == "sqlite":
         return SQLiteDatabase(settings)

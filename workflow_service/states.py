@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError

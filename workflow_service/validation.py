@@ -8,7 +8,7 @@ here, before any work is done.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from jsonschema import Draft202012Validator
@@ -20,7 +20,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 MAX_JSON_DEPTH = 64
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str, schema_dir: Path = SCHEMA_DIR) -> dict:
     """A schema document from `schemas/`, checked once."""
     schema = json.loads((schema_dir / name).read_text(encoding="utf-8"))
@@ -28,7 +28,7 @@ def load_schema(name: str, schema_dir: Path = SCHEMA_DIR) -> dict:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator_for(name: str) -> Draft202012Validator:
     """A compiled validator for `schemas/<name>`."""
     return Draft202012Validator(load_schema(name))
