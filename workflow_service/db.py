@@ -85,16 +85,21 @@ class _SQLiteSession(Session):
     no_params = ()
 
     def script(self, text: str) -> None:
-        statement = ""
-        for line in text.splitlines(keepends=True):
-            statement += line
-            if sqlite3.complete_statement(statement):
-                self._cur.execute(statement)
-                statement = ""
-        if statement.strip() and not all(
-            part.strip().startswith("--") or not part.strip() for part in statement.splitlines()
-        ):
-            raise ValueError("unterminated SQL statement at the end of the script")
+        # sqlite3's executescript() would COMMIT first; run statement by statement instead.
+        for statement in split_sqlite_statements(text):
+            self._cur.execute(statement)
+
+
+def split_sqlite_statements(text: str) -> list[str]:
+    """Split a script into complete statements (semicolons in strings and triggers are respected)."""
+    statements, current = [], ""
+    for piece in text.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if any(line.strip() and not line.strip().startswith("--") for line in current[:-1].splitlines()):
+                statements.append(current)
+            current = ""
+    return statements
 
 
 class SQLiteDatabase(Database):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, time, timezone
+
+# An unencoded "+05:00" in a query string arrives as " 05:00".
+_SPACE_OFFSET = re.compile(r"^(\S{16,}) (\d{2}:?\d{2})$")
 
 
 def utc_now_text() -> str:
@@ -24,7 +28,7 @@ def parse_bound(text: str, upper: bool) -> str:
     for an upper bound; no zone means UTC; an offset is converted to UTC.
     Raises ValueError for anything else.
     """
-    text = text.strip()
+    text = _SPACE_OFFSET.sub(r"\1+\2", text.strip())
     if len(text) == 10:
         day = date.fromisoformat(text)
         if upper:
