@@ -4,12 +4,13 @@
   shared between two apps in one process.
 - `app` is the module-level app for `gunicorn workflow:app`, built on first
   access from the environment and `.env`.
-- `python -m workflow serve | migrate ... | worker` is the command line.
+- `python -m workflow serve | migrate ... | worker | cleanup` is the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -20,12 +21,19 @@ from workflow_service.config import ConfigError, Settings, load_settings
 from workflow_service.db import Database, open_database
 from workflow_service.errors import DatabaseUnavailable
 from workflow_service.middleware import APIKeyAuth, RequestContext, configure_logging, handle_error
-from workflow_service.records import RecordCollection, RecordEvents, RecordItem, RecordProcess
+from workflow_service.records import (
+    RecordBatch,
+    RecordCollection,
+    RecordEvents,
+    RecordItem,
+    RecordProcess,
+    RecordRetry,
+)
 from workflow_service.reports import Summary
-from workflow_service.states import ProcessorRegistry
-from workflow_service.validation import SCHEMA_DIR
+from workflow_service.states import ProcessorRegistry, RetryPolicy, TransientError
 
 ROOT = Path(__file__).resolve().parent
+__all__ = ["TransientError", "create_app", "main"]  # and the lazy `app`
 
 
 class Health:
@@ -64,12 +72,21 @@ class WorkflowApp(falcon.App):
     settings: Settings
 
 
+def build_registry(settings: Settings, processors: dict | None = None) -> ProcessorRegistry:
+    """Processors for one app or worker: category schemas, embedder functions, retry policy."""
+    return ProcessorRegistry(
+        processors,
+        Path(settings.category_schemas_dir),
+        RetryPolicy(max_attempts=settings.max_attempts, base_seconds=settings.retry_base_seconds),
+    )
+
+
 def create_app(settings: Settings | None = None, processors: dict | None = None,
                db: Database | None = None) -> WorkflowApp:
     """Build the WSGI app: routes, middleware and error rendering."""
     settings = settings or load_settings()
     db = db or open_database(settings)
-    registry = ProcessorRegistry(processors, SCHEMA_DIR / "categories")
+    registry = build_registry(settings, processors)
 
     app = WorkflowApp(middleware=[RequestContext(), APIKeyAuth(settings.api_keys)])
     app.req_options.strip_url_path_trailing_slash = True  # /records/ answers like /records
@@ -80,8 +97,10 @@ def create_app(settings: Settings | None = None, processors: dict | None = None,
     app.add_route("/health", Health(db))
     app.add_route("/version", Version(settings))
     app.add_route("/records", RecordCollection(db, settings.max_body_bytes))
+    app.add_route("/records/batch", RecordBatch(db, settings.max_body_bytes))
     app.add_route("/records/{record_id}", RecordItem(db))
     app.add_route("/records/{record_id}/process", RecordProcess(db, registry))
+    app.add_route("/records/{record_id}/retry", RecordRetry(db))
     app.add_route("/records/{record_id}/events", RecordEvents(db))
     app.add_route("/reports/summary", Summary(db))
 
@@ -102,7 +121,11 @@ def __getattr__(name: str):
     if name == "app":
         settings = _load_or_exit()
         configure_logging(settings.log_level)
-        globals()["app"] = create_app(settings)
+        try:
+            globals()["app"] = create_app(settings)
+        except ConfigError as exc:
+            sys.stderr.write(f"workflow: configuration error: {exc}\n")
+            raise SystemExit(2) from None
         return globals()["app"]
     raise AttributeError(name)
 
@@ -169,6 +192,76 @@ def cmd_migrate(args, settings: Settings) -> int:
     return 0
 
 
+def load_processors(spec: str | None) -> dict | None:
+    """Import `module:name`, a dict of category -> processor function (for the worker)."""
+    if not spec:
+        return None
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"workflow: --processors must look like module:NAME, not {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    processors = getattr(importlib.import_module(module_name), attr)
+    if callable(processors):
+        processors = processors()
+    if not isinstance(processors, dict):
+        raise SystemExit(f"workflow: {spec} is not a dict of category -> processor")
+    return processors
+
+
+def cmd_worker(args, settings: Settings) -> int:
+    """Drain pending records, continuously or `--once`; SIGTERM finishes the batch in hand."""
+    import signal
+    import threading
+
+    from workflow_service.worker import Worker, run_workers
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    db = open_database(settings)
+    worker = Worker(db, build_registry(settings, load_processors(args.processors)), batch_size=args.batch_size,
+                    idempotency_ttl_hours=settings.idempotency_ttl_hours)
+    try:
+        totals = run_workers(worker, concurrency=args.concurrency, once=args.once,
+                             poll_interval=args.poll_interval, stop=stop)
+    except DatabaseUnavailable:
+        sys.stderr.write("workflow: worker: database unavailable\n")
+        return 1
+    finally:
+        db.close()
+    if args.once:
+        print(json.dumps({"claimed": totals.claimed, "processed": totals.processed, "failed": totals.failed,
+                          "retried_later": totals.retried_later}))
+    return 0
+
+
+def cmd_cleanup(args, settings: Settings) -> int:
+    """Expire idempotency keys older than IDEMPOTENCY_TTL_HOURS."""
+    from workflow_service.idempotency import expire
+
+    db = open_database(settings)
+    try:
+        print(f"expired {expire(db, settings.idempotency_ttl_hours)} idempotency keys")
+    except DatabaseUnavailable:
+        sys.stderr.write("workflow: cleanup: database unavailable\n")
+        return 1
+    finally:
+        db.close()
+    return 0
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError("must be greater than 0")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="python -m workflow", description=__doc__.splitlines()[0])
@@ -183,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply, roll back or inspect migrations")
     migrate.add_argument("action", choices=["up", "down", "current", "history", "status"])
     migrate.add_argument("steps", nargs="?", type=int, help="for down: how many (default 1)")
+
+    worker = commands.add_parser("worker", help="process pending records; safe to run many at once")
+    worker.add_argument("--once", action="store_true", help="drain what is eligible now, then exit")
+    worker.add_argument("--batch-size", type=_positive(int), default=50)
+    worker.add_argument("--concurrency", type=_positive(int), default=1, help="threads in this process")
+    worker.add_argument("--poll-interval", type=_positive(float), default=1.0, help="seconds between empty polls")
+    worker.add_argument("--processors", metavar="MODULE:NAME",
+                        help="a dict (or a function returning one) of category -> processor")
+
+    commands.add_parser("cleanup", help="expire idempotency keys older than IDEMPOTENCY_TTL_HOURS")
     return parser
 
 
@@ -190,7 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit code."""
     args = build_parser().parse_args(argv)
     settings = _load_or_exit()
-    configure_logging(settings.log_level, stream=sys.stderr)
+    # SPEC: logs are JSON lines on stdout; one-shot commands keep stdout for their answer.
+    configure_logging(settings.log_level, stream=sys.stdout if args.command in ("serve", "worker") else sys.stderr)
+    try:
+        build_registry(settings)  # a broken category schema stops every command at start-up
+    except ConfigError as exc:
+        sys.stderr.write(f"workflow: configuration error: {exc}\n")
+        return 2
     if args.command == "serve":
         return cmd_serve(args, settings)
     if args.command == "migrate":
@@ -198,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write("workflow: only `migrate down N` takes a count, and N must be at least 1\n")
             return 2
         return cmd_migrate(args, settings)
+    if args.command == "worker":
+        return cmd_worker(args, settings)
+    if args.command == "cleanup":
+        return cmd_cleanup(args, settings)
     return 2
 
 

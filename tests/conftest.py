@@ -105,7 +105,7 @@ def make_app(database_url):
 
     cleanup = create_app(make_settings(database_url))
     with cleanup.db.write() as s:
-        s.script("DELETE FROM record_events; DELETE FROM records;")
+        s.script("DELETE FROM record_events; DELETE FROM records; DELETE FROM idempotency_keys;")
     cleanup.db.close()
     yield build
     for wsgi in built:

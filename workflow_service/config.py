@@ -30,6 +30,10 @@ class Settings:
     git_commit: str = "unknown"
     max_body_bytes: int = 1024 * 1024
     db_timeout_seconds: float = 5.0
+    max_attempts: int = 5
+    retry_base_seconds: float = 2.0
+    idempotency_ttl_hours: float = 24.0
+    category_schemas_dir: str = str(Path(__file__).resolve().parent.parent / "schemas" / "categories")
 
     @property
     def dialect(self) -> str:
@@ -96,9 +100,18 @@ def settings_from_mapping(env: dict[str, str]) -> Settings:
 
     max_body = _number(env, "MAX_BODY_BYTES", defaults.max_body_bytes, int, 1024, 64 * 1024 * 1024)
     timeout = _number(env, "DB_TIMEOUT_SECONDS", defaults.db_timeout_seconds, float, 0.1, 300)
+    max_attempts = _number(env, "MAX_ATTEMPTS", defaults.max_attempts, int, 1, 100)
+    retry_base = _number(env, "RETRY_BASE_SECONDS", defaults.retry_base_seconds, float, 0, 3600)
+    # SPEC: idempotency keys live at least 24 hours.
+    ttl = _number(env, "IDEMPOTENCY_TTL_HOURS", defaults.idempotency_ttl_hours, float, 24, 24 * 365)
+
+    schemas_dir = get("CATEGORY_SCHEMAS_DIR", defaults.category_schemas_dir)
+    if not Path(schemas_dir).is_dir():
+        raise ConfigError(f"CATEGORY_SCHEMAS_DIR {schemas_dir!r} is not a directory")
 
     return Settings(
         database_url=database_url,
+        category_schemas_dir=schemas_dir,
         log_level=log_level,
         app_env=app_env,
         project_name=get("PROJECT_NAME", defaults.project_name),
@@ -107,6 +120,9 @@ def settings_from_mapping(env: dict[str, str]) -> Settings:
         git_commit=get("GIT_COMMIT", defaults.git_commit),
         max_body_bytes=max_body,
         db_timeout_seconds=timeout,
+        max_attempts=max_attempts,
+        retry_base_seconds=retry_base,
+        idempotency_ttl_hours=ttl,
     )
 
 

@@ -43,6 +43,10 @@ class Session:
         self._cur.execute(self.queries[name], params or self.no_params)
         return self._cur.rowcount
 
+    def run_many(self, name: str, rows: list[dict]) -> None:
+        """Execute statement `name` once per parameter dict (bulk insert)."""
+        self._cur.executemany(self.queries[name], rows)
+
     def all_sql(self, sql: str, params: dict | None = None) -> list[dict]:
         """All rows of a composed statement (see `Queries.compose`)."""
         self._cur.execute(sql, params or self.no_params)
@@ -74,6 +78,9 @@ class Database:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.queries = load_queries(self.dialect)
+
+    def release_thread(self) -> None:
+        """Give back what the calling thread holds (its SQLite connection)."""
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable unless a trivial query succeeds."""
@@ -159,6 +166,10 @@ class SQLiteDatabase(Database):
     def write(self):
         """A write transaction holding SQLite's write lock from the start."""
         return self._unit("begin_write")
+
+    def release_thread(self) -> None:
+        """Close the calling thread's connection."""
+        self.close()
 
     def close(self) -> None:
         """Close this thread's connection."""

@@ -7,11 +7,10 @@ import re
 import uuid
 from collections.abc import Callable
 
-import falcon
-
-from .db import Database
+from .db import Database, Session
 from .errors import NotFound
-from .states import PROCESSED, ProcessorRegistry, transition
+from .idempotency import fingerprint, idempotency_key, run_once
+from .states import PENDING, PROCESSED, ProcessorRegistry, transition
 from .timeutil import utc_now_text
 from .validation import parse_query, read_json_body, validate_body
 
@@ -63,20 +62,15 @@ class RecordCollection:
 
     def on_post(self, req, resp):
         body = validate_body(read_json_body(req, self.max_body_bytes), "record_create.json")
-        params = {
-            "id": self.new_id(),
-            "source": body["source"],
-            "category": body["category"],
-            "payload": json.dumps(body["payload"], ensure_ascii=False),
-            "now": self.now(),
-        }
-        with self.db.write() as s:
-            row = s.one("insert_record", params)
-            s.run("insert_event", {"record_id": row["id"], "from_status": None, "to_status": row["status"],
-                                   "now": params["now"], "request_id": req.context.request_id, "detail": None})
-        resp.status = falcon.HTTP_201
-        resp.location = f"{req.root_path}/records/{row['id']}"
-        resp.media = record_out(row)
+        key = idempotency_key(req)
+
+        def create(s: Session):
+            rows = insert_records(s, [body], req.context.request_id, self.new_id, self.now())
+            return 201, record_out(rows[0])
+
+        status, record, replayed = run_once(self.db, key, fingerprint("POST", "/records", body), create)
+        respond_created(req, resp, status, record, replayed)
+        resp.location = f"{req.root_path}/records/{record['id']}"
 
     def on_get(self, req, resp):
         query = parse_query(req, "queries/list_records.json")
@@ -96,6 +90,69 @@ class RecordCollection:
             "offset": query["offset"],
             "next_cursor": None,
         }
+
+
+def insert_records(s: Session, bodies: list[dict], request_id: str, new_id: Callable[[], str], now: str) -> list[dict]:
+    """Insert validated record bodies and their creation events; return the stored rows."""
+    rows = [
+        {"id": new_id(), "source": b["source"], "category": b["category"],
+         "payload": json.dumps(b["payload"], ensure_ascii=False), "now": now}
+        for b in bodies
+    ]
+    if len(rows) == 1:
+        stored = [s.one("insert_record", rows[0])]
+    else:
+        s.run_many("insert_record_many", rows)
+        stored = [
+            {"id": r["id"], "source": r["source"], "category": r["category"], "payload": r["payload"],
+             "status": PENDING, "result": None, "classification": None, "score": None, "error": None,
+             "attempts": 0, "created_at": now, "updated_at": now, "processed_at": None}
+            for r in rows
+        ]
+    s.run_many("insert_event_many", [
+        {"record_id": r["id"], "from_status": None, "to_status": PENDING, "now": now,
+         "request_id": request_id, "detail": None}
+        for r in rows
+    ])
+    return stored
+
+
+def respond_created(req, resp, status: int, body: dict, replayed: bool) -> None:
+    """Send a (possibly replayed) creation response."""
+    resp.status = status
+    resp.media = body
+    if replayed:
+        resp.set_header("Idempotent-Replayed", "true")
+
+
+class RecordBatch:
+    """`POST /records/batch`: 1-1000 records, validated first, stored all or nothing."""
+
+    def __init__(self, db: Database, max_body_bytes: int, new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+                 now: Callable[[], str] = utc_now_text):
+        self.db, self.max_body_bytes, self.new_id, self.now = db, max_body_bytes, new_id, now
+
+    def on_post(self, req, resp):
+        body = validate_body(read_json_body(req, self.max_body_bytes), "records_batch.json")
+        key = idempotency_key(req)
+
+        def create(s: Session):
+            rows = insert_records(s, body["records"], req.context.request_id, self.new_id, self.now())
+            return 201, {"items": [record_out(r) for r in rows], "count": len(rows)}
+
+        status, result, replayed = run_once(self.db, key, fingerprint("POST", "/records/batch", body), create)
+        respond_created(req, resp, status, result, replayed)
+
+
+class RecordRetry:
+    """`POST /records/{id}/retry`: a failed record becomes pending again."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def on_post(self, req, resp, record_id):
+        row = transition(self.db, checked_id(record_id), PENDING, actor=req.context.request_id)
+        resp.media = record_out(row)
 
 
 class RecordItem:

@@ -3,6 +3,8 @@
 `pending → processed`, `pending → failed`, `failed → pending` (retry); nothing
 else. Every change runs in one write transaction that locks the record, checks
 the move, runs the processor, stores the new state and appends an audit event.
+A transient processor error keeps the record pending (an audit event
+`pending → pending` says why) and delays it by an exponential backoff.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from pathlib import Path
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from .config import ConfigError
 from .db import Database
 from .errors import Conflict, NotFound
-from .timeutil import utc_now_text
+from .timeutil import later, utc_now_text
 
 log = logging.getLogger("workflow.states")
 
@@ -28,6 +31,25 @@ STATUSES = (PENDING, PROCESSED, FAILED)
 ALLOWED = {(PENDING, PROCESSED), (PENDING, FAILED), (FAILED, PENDING)}
 
 Processor = Callable[[dict, dict], dict]
+
+
+class TransientError(Exception):
+    """Raised by a processor for a failure worth retrying later (a timeout, a
+    service down): the record stays pending, `attempts` grows, and it becomes
+    eligible again after an exponential backoff, until MAX_ATTEMPTS."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient processor errors are retried."""
+
+    max_attempts: int = 5
+    base_seconds: float = 2.0
+    cap_seconds: float = 3600.0
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait after the `attempts`-th failed attempt."""
+        return min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempts - 1))
 
 
 @dataclass(frozen=True)
@@ -39,6 +61,7 @@ class Outcome:
     classification: str | None = None
     score: float | None = None
     error: str | None = None
+    transient: bool = False
 
 
 def builtin_rule(payload: dict) -> Outcome:
@@ -64,7 +87,9 @@ def builtin_rule(payload: dict) -> Outcome:
 class ProcessorRegistry:
     """Per-app processors: category schemas, embedder functions, the built-in rule."""
 
-    def __init__(self, processors: dict[str, Processor] | None = None, categories_dir: Path | None = None):
+    def __init__(self, processors: dict[str, Processor] | None = None, categories_dir: Path | None = None,
+                 retry: RetryPolicy | None = None):
+        self.retry = retry or RetryPolicy()
         self.functions = dict(processors or {})
         for category, fn in self.functions.items():
             if not callable(fn):
@@ -87,6 +112,9 @@ class ProcessorRegistry:
             return builtin_rule(payload)
         try:
             result = fn(payload, record)
+        except TransientError as exc:
+            log.warning("processor.transient", extra={"fields": {"record_id": record["id"], "error": str(exc)}})
+            return Outcome(PENDING, error=str(exc) or type(exc).__name__, transient=True)
         except Exception as exc:  # the processor's failure is the record's failure
             log.exception("processor.error", extra={"fields": {"record_id": record["id"], "category": category}})
             return Outcome(FAILED, error=str(exc) or type(exc).__name__)
@@ -116,7 +144,7 @@ def load_category_schemas(folder: Path) -> dict[str, Draft202012Validator]:
             Draft202012Validator.check_schema(schema)
         except (ValueError, SchemaError) as exc:
             message = getattr(exc, "message", str(exc))
-            raise ValueError(f"{path}: not a valid JSON Schema: {message}") from None
+            raise ConfigError(f"CATEGORY_SCHEMAS_DIR: {path.name} is not a valid JSON Schema: {message}") from None
         validators[path.stem] = Draft202012Validator(schema)
     return validators
 
@@ -133,52 +161,74 @@ def transition(
     """Move one record towards `target` atomically; return the stored row.
 
     `target` is `processed` to run the processor (whose outcome may be
-    `failed`) or `pending` to retry a failed record. Raises NotFound for an
-    unknown record and Conflict, with the current status, when the move is not
-    allowed from where the record is.
+    `failed`, or `pending` again after a transient error) or `pending` to retry
+    a failed record. Raises NotFound for an unknown record and Conflict, with
+    the current status, when the move is not allowed from where the record is.
     """
     with db.write() as s:
         row = s.one("lock_record", {"id": record_id})
         if row is None:
             raise NotFound("record not found")
-        from_status = row["status"]
-        if (from_status, target) not in ALLOWED:
-            raise Conflict(f"record is {from_status}, cannot move it to {target}", details={"status": from_status})
-        if target == PROCESSED:
-            outcome = (registry or ProcessorRegistry()).run(dict(row, payload=json.loads(row["payload"])))
-        else:
-            outcome = Outcome(target)
+        return apply_transition(s, row, target, registry=registry or ProcessorRegistry(), actor=actor, now=now)
+
+
+def apply_transition(s, row: dict, target: str, *, registry: ProcessorRegistry, actor: str | None,
+                     now: Callable[[], str] = utc_now_text) -> dict:
+    """The transition itself, inside the caller's write transaction on a locked row.
+
+    Shared by the HTTP API (one record) and the worker (a claimed batch).
+    """
+    from_status = row["status"]
+    if (from_status, target) not in ALLOWED:
+        raise Conflict(f"record is {from_status}, cannot move it to {target}", details={"status": from_status})
+    available_at = None
+    if target == PROCESSED:
+        outcome = registry.run(dict(row, payload=json.loads(row["payload"])))
         stamp = now()
-        updated = s.one(
-            "set_outcome",
-            {
-                "id": record_id,
-                "from_status": from_status,
-                "to_status": outcome.status,
-                "result": None if outcome.result is None else json.dumps(outcome.result),
-                "classification": outcome.classification,
-                "score": outcome.score,
-                "error": outcome.error,
-                "attempt": 1 if target == PROCESSED else 0,
-                "now": stamp,
-                "processed_at": stamp if outcome.status != PENDING else None,
-            },
-        )
-        if updated is None:  # impossible under the row/write lock; refuse rather than guess
-            raise Conflict("record changed concurrently", details={"status": from_status})
-        s.run(
-            "insert_event",
-            {
-                "record_id": record_id,
-                "from_status": from_status,
-                "to_status": outcome.status,
-                "now": stamp,
-                "request_id": actor,
-                "detail": outcome.error,
-            },
-        )
+        if outcome.transient:
+            attempts = row["attempts"] + 1
+            if attempts >= registry.retry.max_attempts:
+                outcome = Outcome(FAILED, error=f"gave up after {attempts} attempts: {outcome.error}")
+            else:
+                available_at = later(stamp, registry.retry.delay(attempts))
+    else:
+        outcome, stamp = Outcome(target), now()
+        available_at = stamp
+    updated = s.one(
+        "set_outcome",
+        {
+            "id": row["id"],
+            "from_status": from_status,
+            "to_status": outcome.status,
+            "result": None if outcome.result is None else json.dumps(outcome.result),
+            "classification": outcome.classification,
+            "score": outcome.score,
+            "error": outcome.error,
+            "attempt": 1 if target == PROCESSED else 0,
+            "now": stamp,
+            "processed_at": stamp if outcome.status in (PROCESSED, FAILED) else None,
+            "available_at": available_at,
+        },
+    )
+    if updated is None:  # impossible under the row/write lock; refuse rather than guess
+        raise Conflict("record changed concurrently", details={"status": from_status})
+    detail = outcome.error
+    if outcome.transient:
+        detail = f"attempt {updated['attempts']} failed, retry after {available_at}: {outcome.error}"
+    s.run(
+        "insert_event",
+        {
+            "record_id": row["id"],
+            "from_status": from_status,
+            "to_status": outcome.status,
+            "now": stamp,
+            "request_id": actor,
+            "detail": detail,
+        },
+    )
     log.info(
         "record.transition",
-        extra={"fields": {"record_id": record_id, "from": from_status, "to": outcome.status, "request_id": actor}},
+        extra={"fields": {"record_id": row["id"], "from": from_status, "to": outcome.status, "request_id": actor,
+                          "transient": outcome.transient}},
     )
     return updated

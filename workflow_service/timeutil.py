@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 
 # An unencoded "+05:00" in a query string arrives as " 05:00".
 _SPACE_OFFSET = re.compile(r"^(\S{16,}) (\d{2}:?\d{2})$")
@@ -42,3 +42,9 @@ def parse_bound(text: str, upper: bool) -> str:
         return to_text(datetime.fromisoformat(text))
     except OverflowError:  # an offset that pushes year 1 or 9999 out of range
         raise ValueError("date-time out of range") from None
+
+
+def later(stamp: str, seconds: float) -> str:
+    """A stored-form time `seconds` after another stored-form time."""
+    moment = datetime.fromisoformat(stamp[:-1]) + timedelta(seconds=seconds)
+    return to_text(moment)

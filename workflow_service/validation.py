@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 
 from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
 
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, problem
 from .timeutil import parse_bound
@@ -29,9 +30,21 @@ def load_schema(name: str, schema_dir: Path = SCHEMA_DIR) -> dict:
 
 
 @cache
+def schema_registry(schema_dir: Path = SCHEMA_DIR) -> Registry:
+    """Every request schema by its `$id`, so that schemas can `$ref` each other."""
+    resources = []
+    for path in sorted(schema_dir.glob("**/*.json")):
+        if "categories" in path.relative_to(schema_dir).parts:
+            continue
+        schema = load_schema(str(path.relative_to(schema_dir)), schema_dir)
+        resources.append((schema["$id"], Resource.from_contents(schema)))
+    return Registry().with_resources(resources)
+
+
+@cache
 def validator_for(name: str) -> Draft202012Validator:
     """A compiled validator for `schemas/<name>`."""
-    return Draft202012Validator(load_schema(name))
+    return Draft202012Validator(load_schema(name), registry=schema_registry())
 
 
 class _NotJSON(ValueError):

@@ -10,9 +10,14 @@ to_char(processed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS pro
 
 -- name: insert_record
 -- Create one pending record.
-INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at)
-VALUES (%(id)s, %(source)s, %(category)s, %(payload)s::json, 'pending', 0, %(now)s, %(now)s)
+INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at, available_at)
+VALUES (%(id)s, %(source)s, %(category)s, %(payload)s::json, 'pending', 0, %(now)s, %(now)s, %(now)s)
 RETURNING {record_columns};
+
+-- name: insert_record_many
+-- Create pending records in bulk (executemany); the caller builds the returned rows.
+INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at, available_at)
+VALUES (%(id)s, %(source)s, %(category)s, %(payload)s::json, 'pending', 0, %(now)s, %(now)s, %(now)s);
 
 -- name: get_record
 -- Fetch one record by id.
@@ -27,7 +32,7 @@ SELECT {record_columns} FROM records WHERE id = %(id)s FOR UPDATE;
 UPDATE records
 SET status = %(to_status)s, result = %(result)s::json, classification = %(classification)s, score = %(score)s,
     error = %(error)s, attempts = attempts + %(attempt)s, updated_at = %(now)s,
-    processed_at = %(processed_at)s
+    processed_at = %(processed_at)s, available_at = COALESCE(%(available_at)s, available_at)
 WHERE id = %(id)s AND status = %(from_status)s
 RETURNING {record_columns};
 
@@ -41,6 +46,13 @@ VALUES (%(record_id)s, %(from_status)s, %(to_status)s, %(now)s, %(request_id)s, 
 SELECT record_id::text AS record_id, from_status, to_status,
        to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS at, request_id, detail
 FROM record_events WHERE record_id = %(record_id)s ORDER BY id;
+
+-- name: claim_pending
+-- Claim the next eligible pending records; rows another worker holds are skipped, not waited for.
+SELECT {record_columns} FROM records
+WHERE status = 'pending' AND available_at <= %(now)s::timestamptz
+ORDER BY available_at, id
+LIMIT %(limit)s FOR UPDATE SKIP LOCKED;
 
 -- name: list_records
 -- One page of records; {filters} and {order} are whitelisted fragments below.
@@ -102,3 +114,8 @@ source ASC, id ASC
 -- name: order.source.desc
 -- Sort fragment.
 source DESC, id DESC
+
+-- name: insert_event_many
+-- Append creation events in bulk (executemany).
+INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
+VALUES (%(record_id)s, %(from_status)s, %(to_status)s, %(now)s, %(request_id)s, %(detail)s);

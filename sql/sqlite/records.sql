@@ -7,9 +7,14 @@ created_at, updated_at, processed_at
 
 -- name: insert_record
 -- Create one pending record.
-INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at)
-VALUES (:id, :source, :category, :payload, 'pending', 0, :now, :now)
+INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at, available_at)
+VALUES (:id, :source, :category, :payload, 'pending', 0, :now, :now, :now)
 RETURNING {record_columns};
+
+-- name: insert_record_many
+-- Create pending records in bulk (executemany); the caller builds the returned rows.
+INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at, available_at)
+VALUES (:id, :source, :category, :payload, 'pending', 0, :now, :now, :now);
 
 -- name: get_record
 -- Fetch one record by id.
@@ -24,7 +29,7 @@ SELECT {record_columns} FROM records WHERE id = :id;
 UPDATE records
 SET status = :to_status, result = :result, classification = :classification, score = :score,
     error = :error, attempts = attempts + :attempt, updated_at = :now,
-    processed_at = :processed_at
+    processed_at = :processed_at, available_at = COALESCE(:available_at, available_at)
 WHERE id = :id AND status = :from_status
 RETURNING {record_columns};
 
@@ -37,6 +42,13 @@ VALUES (:record_id, :from_status, :to_status, :now, :request_id, :detail);
 -- A record's audit trail, oldest first.
 SELECT record_id, from_status, to_status, at, request_id, detail
 FROM record_events WHERE record_id = :record_id ORDER BY id;
+
+-- name: claim_pending
+-- The next eligible pending records; BEGIN IMMEDIATE already excludes other workers.
+SELECT {record_columns} FROM records
+WHERE status = 'pending' AND available_at <= :now
+ORDER BY available_at, id
+LIMIT :limit ;
 
 -- name: list_records
 -- One page of records; {filters} and {order} are whitelisted fragments below.
@@ -98,3 +110,8 @@ source ASC, id ASC
 -- name: order.source.desc
 -- Sort fragment.
 source DESC, id DESC
+
+-- name: insert_event_many
+-- Append creation events in bulk (executemany).
+INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
+VALUES (:record_id, :from_status, :to_status, :now, :request_id, :detail);

@@ -1,0 +1,20 @@
+-- Stored responses of requests sent with an Idempotency-Key.
+
+-- name: idempotency.claim
+-- Claim a key for this request; returns no row when the key is already taken.
+INSERT INTO idempotency_keys (key, request_hash, created_at)
+VALUES (:key, :request_hash, :now)
+ON CONFLICT (key) DO NOTHING
+RETURNING key;
+
+-- name: idempotency.get
+-- The stored request fingerprint and response of a key.
+SELECT request_hash, status_code, response FROM idempotency_keys WHERE key = :key;
+
+-- name: idempotency.store
+-- Keep the response of the request that claimed the key.
+UPDATE idempotency_keys SET status_code = :status_code, response = :response WHERE key = :key;
+
+-- name: idempotency.expire
+-- Forget keys older than the cut-off (run by the worker and `cleanup`, never by a request).
+DELETE FROM idempotency_keys WHERE created_at < :cutoff;

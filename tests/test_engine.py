@@ -1,0 +1,321 @@
+"""The workflow engine in process: retry, processors, backoff, worker, batch, idempotency."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from conftest import make_settings
+from webtest import TestApp
+
+from workflow import TransientError, build_registry, create_app
+from workflow_service.config import ConfigError
+from workflow_service.states import PROCESSED, transition
+from workflow_service.timeutil import to_text
+from workflow_service.worker import Worker
+
+
+class Clock:
+    """A settable clock in the stored text form."""
+
+    def __init__(self):
+        self.moment = datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+    def __call__(self) -> str:
+        return to_text(self.moment)
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+def events(app, record_id):
+    return [(e["from_status"], e["to_status"]) for e in app.get(f"/records/{record_id}/events").json["items"]]
+
+
+# ---------------------------------------------------------------- retry
+
+
+def test_retry_moves_failed_back_to_pending_keeping_attempts(app, create_record):
+    record = create_record(payload={"priority": "bad"})
+    failed = app.post(f"/records/{record['id']}/process").json
+    assert failed["status"] == "failed" and failed["attempts"] == 1
+    retried = app.post(f"/records/{record['id']}/retry").json
+    assert retried["status"] == "pending" and retried["attempts"] == 1
+    assert retried["processed_at"] is None
+    again = app.post(f"/records/{record['id']}/process").json
+    assert again["status"] == "failed" and again["attempts"] == 2
+    assert events(app, record["id"]) == [
+        (None, "pending"), ("pending", "failed"), ("failed", "pending"), ("pending", "failed"),
+    ]
+
+
+@pytest.mark.parametrize("prepare", ["pending", "processed"])
+def test_retry_from_any_other_state_is_409(app, create_record, prepare):
+    record = create_record(payload={"priority": 1})
+    if prepare == "processed":
+        app.post(f"/records/{record['id']}/process")
+    resp = app.post(f"/records/{record['id']}/retry", expect_errors=True)
+    assert resp.status_int == 409
+    assert resp.json["error"]["details"] == {"status": prepare}
+
+
+def test_retry_unknown_is_404(app):
+    assert app.post("/records/00000000-0000-4000-8000-000000000000/retry", expect_errors=True).status_int == 404
+
+
+# ----------------------------------------------------------- processors
+
+
+def test_category_schema_failure_lists_every_violation(make_app, tmp_path):
+    (tmp_path / "order.json").write_text(json.dumps({
+        "type": "object",
+        "required": ["amount", "currency"],
+        "properties": {"amount": {"type": "number", "minimum": 0}, "currency": {"enum": ["EUR", "USD"]}},
+    }))
+    app = make_app(CATEGORY_SCHEMAS_DIR=str(tmp_path))
+    bad = app.post_json("/records", {"source": "s", "category": "order", "payload": {"amount": -1, "currency": "X"}})
+    done = app.post(f"/records/{bad.json['id']}/process").json
+    assert done["status"] == "failed"
+    assert "amount" in done["error"] and "currency" in done["error"] and ";" in done["error"]
+    good = app.post_json("/records", {"source": "s", "category": "order",
+                                      "payload": {"amount": 5, "currency": "EUR", "priority": 4}})
+    assert app.post(f"/records/{good.json['id']}/process").json["classification"] == "medium"
+    other = app.post_json("/records", {"source": "s", "category": "other", "payload": {}})
+    assert app.post(f"/records/{other.json['id']}/process").json["status"] == "processed"
+
+
+def test_invalid_category_schema_stops_start_up(database_url, tmp_path):
+    (tmp_path / "broken.json").write_text('{"type": 12}')
+    with pytest.raises(ConfigError, match="broken.json"):
+        create_app(make_settings(database_url, CATEGORY_SCHEMAS_DIR=str(tmp_path)))
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="broken.json"):
+        create_app(make_settings(database_url, CATEGORY_SCHEMAS_DIR=str(tmp_path)))
+
+
+def test_processor_result_must_be_json(make_app):
+    app = make_app(processors={"x": lambda p, r: {"when": datetime.now()}})
+    rec = app.post_json("/records", {"source": "s", "category": "x", "payload": {}}).json
+    done = app.post(f"/records/{rec['id']}/process").json
+    assert done["status"] == "failed" and "not JSON" in done["error"]
+
+
+# ------------------------------------------------------ transient errors
+
+
+def test_transient_errors_back_off_then_give_up(make_app, database_url):
+    clock = Clock()
+    calls = []
+
+    def flaky(payload, record):
+        calls.append(clock())
+        raise TransientError("upstream timeout")
+
+    settings = make_settings(database_url, MAX_ATTEMPTS="3", RETRY_BASE_SECONDS="10")
+    app = make_app(processors={"flaky": flaky}, MAX_ATTEMPTS="3", RETRY_BASE_SECONDS="10")
+    wsgi = app.app
+    rec = app.post_json("/records", {"source": "s", "category": "flaky", "payload": {}}).json
+    worker = Worker(wsgi.db, build_registry(settings, {"flaky": flaky}), now=clock)
+    clock.advance(1)
+
+    first = worker.run_batch()
+    assert (first.claimed, first.retried_later) == (1, 1)
+    after_one = app.get(f"/records/{rec['id']}").json
+    assert after_one["status"] == "pending" and after_one["attempts"] == 1
+    assert after_one["error"] == "upstream timeout"
+
+    clock.advance(9)  # backoff after attempt 1 is 10 s: not yet eligible
+    assert worker.run_batch().claimed == 0
+    clock.advance(1)
+    assert worker.run_batch().retried_later == 1  # attempt 2; next backoff is 20 s
+    clock.advance(19)
+    assert worker.run_batch().claimed == 0
+    clock.advance(1)
+    third = worker.run_batch()
+    assert (third.claimed, third.failed) == (1, 1)
+
+    final = app.get(f"/records/{rec['id']}").json
+    assert final["status"] == "failed" and final["attempts"] == 3
+    assert "upstream timeout" in final["error"] and "3 attempts" in final["error"]
+    assert len(calls) == 3
+    assert events(app, rec["id"]) == [
+        (None, "pending"), ("pending", "pending"), ("pending", "pending"), ("pending", "failed"),
+    ]
+
+
+def test_transient_then_success(make_app):
+    state = {"n": 0}
+
+    def sometimes(payload, record):
+        state["n"] += 1
+        if state["n"] == 1:
+            raise TransientError("try later")
+        return {"score": 5, "classification": "medium"}
+
+    app = make_app(processors={"c": sometimes}, RETRY_BASE_SECONDS="0")
+    rec = app.post_json("/records", {"source": "s", "category": "c", "payload": {}}).json
+    first = app.post(f"/records/{rec['id']}/process").json
+    assert first["status"] == "pending" and first["attempts"] == 1
+    second = app.post(f"/records/{rec['id']}/process").json
+    assert second["status"] == "processed" and second["attempts"] == 2 and second["score"] == 5.0
+
+
+# ---------------------------------------------------------------- worker
+
+
+def test_worker_drains_everything_once(make_app, database_url):
+    seen = []
+    settings = make_settings(database_url)
+    processors = {"w": lambda p, r: seen.append(r["id"]) or {"ok": True}}
+    app = make_app(processors=processors)
+    wsgi = app.app
+    ids = [r["id"] for r in app.post_json("/records/batch", {
+        "records": [{"source": "s", "category": "w" if i % 3 else "builtin", "payload": {"priority": i}}
+                    for i in range(25)]}).json["items"]]
+    worker = Worker(wsgi.db, build_registry(settings, processors), batch_size=4)
+    totals = worker.drain()
+    assert totals.claimed == 25 and totals.processed == 25
+    assert sorted(seen) == sorted(i for n, i in enumerate(ids) if n % 3)
+    assert worker.drain().claimed == 0
+    for rid in ids:
+        assert events(app, rid) == [(None, "pending"), ("pending", "processed")]
+
+
+def test_worker_and_api_never_both_win(make_app, database_url):
+    settings = make_settings(database_url)
+    app = make_app()
+    wsgi = app.app
+    rec = app.post_json("/records", {"source": "s", "category": "c", "payload": {}}).json
+    transition(wsgi.db, rec["id"], PROCESSED)
+    assert Worker(wsgi.db, build_registry(settings)).drain().claimed == 0
+    assert app.post(f"/records/{rec['id']}/process", expect_errors=True).status_int == 409
+
+
+# ----------------------------------------------------------------- batch
+
+
+def test_batch_creates_all_in_order(app):
+    body = {"records": [{"source": f"s{i}", "category": "c", "payload": {"i": i}} for i in range(1000)]}
+    resp = app.post_json("/records/batch", body)
+    assert resp.status_int == 201 and resp.json["count"] == 1000
+    assert [r["payload"]["i"] for r in resp.json["items"]] == list(range(1000))
+    stored = app.get(f"/records/{resp.json['items'][500]['id']}").json
+    assert stored == resp.json["items"][500]
+    assert app.get("/records").json["total"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("records", "locs"),
+    [
+        ([], [["body", "records"]]),
+        ([{"source": "s", "category": "c", "payload": {}}] * 1001, [["body", "records"]]),
+        ([{"source": "s", "category": "c", "payload": {}}, {"source": "", "category": "c", "payload": {}},
+          {"source": "s", "payload": []}],
+         [["body", "records", 1, "source"], ["body", "records", 2, "category"], ["body", "records", 2, "payload"]]),
+        ("nope", [["body", "records"]]),
+    ],
+    ids=["empty", "too-many", "bad-items", "not-a-list"],
+)
+def test_batch_validation_is_all_or_nothing(app, records, locs):
+    resp = app.post_json("/records/batch", {"records": records}, expect_errors=True)
+    assert resp.status_int == 422
+    assert sorted(d["loc"] for d in resp.json["error"]["details"]) == sorted(locs)
+    assert app.get("/records").json["total"] == 0
+
+
+def test_batch_rejects_unknown_fields_and_hostile_items(app):
+    resp = app.post("/records/batch", b'{"records": [{"source": "s", "category": "c", "payload": {"x": "\\u0000"}}]}',
+                    headers={"Content-Type": "application/json"}, expect_errors=True)
+    assert resp.status_int == 422
+    assert resp.json["error"]["details"][0]["loc"][:3] == ["body", "records", 0]
+    resp = app.post_json("/records/batch", {"records": [{"source": "s", "category": "c", "payload": {}}], "x": 1},
+                         expect_errors=True)
+    assert resp.status_int == 422
+    assert app.get("/records").json["total"] == 0
+
+
+# ----------------------------------------------------------- idempotency
+
+
+def test_same_key_same_body_replays(app):
+    body = {"source": "s", "category": "c", "payload": {"a": 1, "b": [1, 2]}}
+    first = app.post_json("/records", body, headers={"Idempotency-Key": "key-1"})
+    reordered = {"payload": {"b": [1, 2], "a": 1}, "category": "c", "source": "s"}
+    second = app.post_json("/records", reordered, headers={"Idempotency-Key": "key-1"})
+    assert second.status_int == 201 and second.json == first.json
+    assert second.headers["Location"] == first.headers["Location"]
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert app.get("/records").json["total"] == 1
+
+
+def test_same_key_different_body_is_409(app):
+    app.post_json("/records", {"source": "s", "category": "c", "payload": {}}, headers={"Idempotency-Key": "k2"})
+    resp = app.post_json("/records", {"source": "s", "category": "d", "payload": {}},
+                         headers={"Idempotency-Key": "k2"}, expect_errors=True)
+    assert resp.status_int == 409 and resp.json["error"]["code"] == "CONFLICT"
+    resp = app.post_json("/records/batch", {"records": [{"source": "s", "category": "c", "payload": {}}]},
+                         headers={"Idempotency-Key": "k2"}, expect_errors=True)
+    assert resp.status_int == 409
+    assert app.get("/records").json["total"] == 1
+
+
+def test_batch_idempotency(app):
+    body = {"records": [{"source": "s", "category": "c", "payload": {"i": i}} for i in range(5)]}
+    first = app.post_json("/records/batch", body, headers={"Idempotency-Key": "batch-1"})
+    second = app.post_json("/records/batch", body, headers={"Idempotency-Key": "batch-1"})
+    assert second.json == first.json
+    assert app.get("/records").json["total"] == 5
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 256, "ключ"])
+def test_bad_idempotency_keys_are_422(app, key):
+    resp = app.post_json("/records", {"source": "s", "category": "c", "payload": {}},
+                         headers={"Idempotency-Key": key}, expect_errors=True)
+    assert resp.status_int == 422
+    assert resp.json["error"]["details"][0]["loc"] == ["header", "Idempotency-Key"]
+
+
+def test_rejected_request_does_not_consume_the_key(app):
+    bad = app.post_json("/records", {"source": "", "category": "c", "payload": {}},
+                        headers={"Idempotency-Key": "k3"}, expect_errors=True)
+    assert bad.status_int == 422
+    good = app.post_json("/records", {"source": "s", "category": "c", "payload": {}}, headers={"Idempotency-Key": "k3"})
+    assert good.status_int == 201
+
+
+def test_eight_concurrent_requests_with_one_key_create_one_record(make_app):
+    wsgi = make_app().app
+    body = {"source": "s", "category": "c", "payload": {"n": 1}}
+    barrier = threading.Barrier(8)
+    results = []
+
+    def send():
+        app = TestApp(wsgi)
+        barrier.wait(timeout=10)
+        resp = app.post_json("/records", body, headers={"Idempotency-Key": "same"}, expect_errors=True)
+        results.append((resp.status_int, resp.json.get("id")))
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(results) == 8
+    assert {status for status, _ in results} == {201}
+    assert len({rid for _, rid in results}) == 1
+    assert TestApp(wsgi).get("/records").json["total"] == 1
+
+
+def test_cleanup_expires_only_old_keys(make_app):
+    from workflow_service.idempotency import expire
+
+    app = make_app()
+    wsgi = app.app
+    app.post_json("/records", {"source": "s", "category": "c", "payload": {}}, headers={"Idempotency-Key": "old"})
+    assert expire(wsgi.db, 24) == 0
+    assert expire(wsgi.db, 24, now=lambda: datetime.now(timezone.utc) + timedelta(hours=25)) == 1
+    again = app.post_json("/records", {"source": "s", "category": "c", "payload": {}},
+                          headers={"Idempotency-Key": "old"})
+    assert "Idempotent-Replayed" not in again.headers

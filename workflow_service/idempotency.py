@@ -1,0 +1,69 @@
+"""Idempotency keys: the same key and body replay the original response.
+
+The key is claimed with an insert in the same write transaction that creates
+the records, so concurrent requests with one key serialise on it: the first
+creates, the others wait for its commit and replay its response (SPEC: none
+gets an "in progress" error). Keys are expired by the worker and the
+`cleanup` command, never by a request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+from .db import Database, Session
+from .errors import Conflict, ValidationFailed, problem
+from .timeutil import to_text, utc_now_text
+
+KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def idempotency_key(req) -> str | None:
+    """The request's `Idempotency-Key`, checked; None when absent."""
+    key = req.get_header("Idempotency-Key")
+    if key is None:
+        return None
+    if not KEY_RE.match(key):
+        raise ValidationFailed(details=[problem(["header", "Idempotency-Key"],
+                                                "must be 1-255 printable ASCII characters without spaces")])
+    return key
+
+
+def fingerprint(method: str, path: str, document) -> str:
+    """A hash of what the request asks for: method, route and canonical body."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def run_once(db: Database, key: str | None, request_hash: str,
+             create: Callable[[Session], tuple[int, dict]],
+             now: Callable[[], str] = utc_now_text) -> tuple[int, dict, bool]:
+    """Run `create` in a write transaction unless `key` already has a response.
+
+    Returns (status, body, replayed). The same key with another request is a
+    409 Conflict.
+    """
+    with db.write() as s:
+        if key is None:
+            status, body = create(s)
+            return status, body, False
+        if s.one("idempotency.claim", {"key": key, "request_hash": request_hash, "now": now()}) is not None:
+            status, body = create(s)
+            s.run("idempotency.store", {"key": key, "status_code": status, "response": json.dumps(body)})
+            return status, body, False
+        stored = s.one("idempotency.get", {"key": key})
+    if stored["request_hash"] != request_hash:
+        raise Conflict("Idempotency-Key was already used with a different request",
+                       details={"idempotency_key": key})
+    return stored["status_code"], json.loads(stored["response"]), True
+
+
+def expire(db: Database, ttl_hours: float, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> int:
+    """Delete keys older than `ttl_hours`; return how many."""
+    cutoff = to_text(now() - timedelta(hours=ttl_hours))
+    with db.write() as s:
+        return s.run("idempotency.expire", {"cutoff": cutoff})

@@ -1,0 +1,143 @@
+"""The queue worker: drains eligible pending records through the transition function.
+
+A batch is one write transaction: claim up to N eligible pending records
+(PostgreSQL `FOR UPDATE SKIP LOCKED`, so workers on many hosts never wait for
+or double-process each other's rows; SQLite `BEGIN IMMEDIATE`), run each
+through `apply_transition`, commit. A worker killed mid-batch commits nothing
+of that batch, so its records are simply claimed again: nothing is lost and
+nothing is processed twice in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .db import Database
+from .errors import DatabaseUnavailable
+from .idempotency import expire
+from .states import PROCESSED, ProcessorRegistry, apply_transition
+from .timeutil import utc_now_text
+
+log = logging.getLogger("workflow.worker")
+
+
+@dataclass
+class BatchStats:
+    """What one batch did."""
+
+    claimed: int = 0
+    processed: int = 0
+    failed: int = 0
+    retried_later: int = 0
+
+
+class Worker:
+    """Claims and processes batches of pending records."""
+
+    def __init__(self, db: Database, registry: ProcessorRegistry, *, batch_size: int = 50,
+                 worker_id: str | None = None, idempotency_ttl_hours: float = 24.0,
+                 cleanup_every_seconds: float = 300.0, now: Callable[[], str] = utc_now_text):
+        self.db, self.registry, self.batch_size, self.now = db, registry, batch_size, now
+        self.worker_id = worker_id or f"worker:{socket.gethostname()}:{os.getpid()}"
+        self.idempotency_ttl_hours = idempotency_ttl_hours
+        self.cleanup_every_seconds = cleanup_every_seconds
+        self._last_cleanup = float("-inf")
+
+    def run_batch(self, actor: str | None = None) -> BatchStats:
+        """Claim and process one batch in one transaction."""
+        started = time.perf_counter()
+        stats = BatchStats()
+        with self.db.write() as s:
+            rows = s.all("claim_pending", {"now": self.now(), "limit": self.batch_size})
+            stats.claimed = len(rows)
+            for row in rows:
+                updated = apply_transition(s, row, PROCESSED, registry=self.registry,
+                                           actor=actor or self.worker_id, now=self.now)
+                if updated["status"] == "processed":
+                    stats.processed += 1
+                elif updated["status"] == "failed":
+                    stats.failed += 1
+                else:
+                    stats.retried_later += 1
+        if stats.claimed:
+            log.info("worker.batch", extra={"fields": {
+                "worker_id": actor or self.worker_id, "claimed": stats.claimed, "processed": stats.processed,
+                "failed": stats.failed, "retried_later": stats.retried_later,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3)}})
+        return stats
+
+    def cleanup(self, force: bool = False) -> None:
+        """Expire old idempotency keys, at most every `cleanup_every_seconds`."""
+        if not force and time.monotonic() - self._last_cleanup < self.cleanup_every_seconds:
+            return
+        self._last_cleanup = time.monotonic()
+        removed = expire(self.db, self.idempotency_ttl_hours)
+        if removed:
+            log.info("worker.idempotency_expired", extra={"fields": {"removed": removed}})
+
+    def drain(self, stop: threading.Event | None = None, actor: str | None = None,
+              max_batches: int | None = None) -> BatchStats:
+        """Process batches until none is eligible (or `stop` is set); return the totals."""
+        total = BatchStats()
+        batches = 0
+        while not (stop and stop.is_set()) and (max_batches is None or batches < max_batches):
+            stats = self.run_batch(actor)
+            batches += 1
+            for field in ("claimed", "processed", "failed", "retried_later"):
+                setattr(total, field, getattr(total, field) + getattr(stats, field))
+            if stats.claimed == 0:
+                break
+        return total
+
+    def run_forever(self, stop: threading.Event, poll_interval: float, actor: str | None = None) -> None:
+        """Drain, wait `poll_interval` (or until stopped), repeat; survive database outages."""
+        while not stop.is_set():
+            try:
+                self.cleanup()
+                stats = self.run_batch(actor)
+            except DatabaseUnavailable:
+                log.warning("worker.database_unavailable", extra={"fields": {"worker_id": actor or self.worker_id}})
+                stop.wait(poll_interval)
+                continue
+            if stats.claimed == 0:
+                stop.wait(poll_interval)
+
+
+def run_workers(worker: Worker, *, concurrency: int, once: bool, poll_interval: float,
+                stop: threading.Event) -> BatchStats:
+    """Run `concurrency` threads of `worker` until drained (`once`) or stopped."""
+    totals: list[BatchStats] = []
+    errors: list[BaseException] = []
+
+    def loop(index: int):
+        actor = f"{worker.worker_id}:{index}"
+        try:
+            if once:
+                totals.append(worker.drain(stop, actor))
+            else:
+                worker.run_forever(stop, poll_interval, actor)
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+            stop.set()
+        finally:
+            worker.db.release_thread()
+
+    worker.cleanup(force=True)
+    threads = [threading.Thread(target=loop, args=(i,), name=f"worker-{i}") for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    result = BatchStats()
+    for stats in totals:
+        for field in ("claimed", "processed", "failed", "retried_later"):
+            setattr(result, field, getattr(result, field) + getattr(stats, field))
+    return result
