@@ -122,7 +122,8 @@ def __getattr__(name: str):
         settings = _load_or_exit()
         configure_logging(settings.log_level)
         try:
-            globals()["app"] = create_app(settings)
+            processors = load_processors(os.environ.get("WORKFLOW_PROCESSORS"))
+            globals()["app"] = create_app(settings, processors=processors)
         except ConfigError as exc:
             sys.stderr.write(f"workflow: configuration error: {exc}\n")
             raise SystemExit(2) from None
@@ -135,6 +136,8 @@ def __getattr__(name: str):
 
 def cmd_serve(args, settings: Settings) -> int:
     """Apply pending migrations, then exec gunicorn on this module's `app`."""
+    if args.processors:
+        os.environ["WORKFLOW_PROCESSORS"] = args.processors
     if not args.no_migrate:
         code = cmd_migrate(argparse.Namespace(action="up", steps=None), settings)
         if code:
@@ -193,20 +196,28 @@ def cmd_migrate(args, settings: Settings) -> int:
 
 
 def load_processors(spec: str | None) -> dict | None:
-    """Import `module:name`, a dict of category -> processor function (for the worker)."""
+    """Import `module:NAME`, a dict (or a function returning one) of category -> processor.
+
+    Used by `worker --processors` and, through WORKFLOW_PROCESSORS, by the
+    module-level `app` that `serve` and gunicorn load.
+    """
     if not spec:
         return None
     import importlib
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise SystemExit(f"workflow: --processors must look like module:NAME, not {spec!r}")
-    sys.path.insert(0, os.getcwd())
-    processors = getattr(importlib.import_module(module_name), attr)
+        raise ConfigError(f"WORKFLOW_PROCESSORS must look like module:NAME, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        processors = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"WORKFLOW_PROCESSORS {spec!r} cannot be loaded: {exc}") from None
     if callable(processors):
         processors = processors()
     if not isinstance(processors, dict):
-        raise SystemExit(f"workflow: {spec} is not a dict of category -> processor")
+        raise ConfigError(f"WORKFLOW_PROCESSORS {spec!r} is not a dict of category -> processor")
     return processors
 
 
@@ -221,7 +232,8 @@ def cmd_worker(args, settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     db = open_database(settings)
-    worker = Worker(db, build_registry(settings, load_processors(args.processors)), batch_size=args.batch_size,
+    worker = Worker(db, build_registry(settings, load_processors(args.processors or os.environ.get(
+        "WORKFLOW_PROCESSORS"))), batch_size=args.batch_size,
                     idempotency_ttl_hours=settings.idempotency_ttl_hours)
     try:
         totals = run_workers(worker, concurrency=args.concurrency, once=args.once,
@@ -272,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2") or 2))
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations first")
+    serve.add_argument("--processors", metavar="MODULE:NAME",
+                       help="a dict (or a function returning one) of category -> processor")
 
     migrate = commands.add_parser("migrate", help="apply, roll back or inspect migrations")
     migrate.add_argument("action", choices=["up", "down", "current", "history", "status"])
@@ -296,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     # SPEC: logs are JSON lines on stdout; one-shot commands keep stdout for their answer.
     configure_logging(settings.log_level, stream=sys.stdout if args.command in ("serve", "worker") else sys.stderr)
     try:
-        build_registry(settings)  # a broken category schema stops every command at start-up
+        # A broken category schema or processor module stops every command at start-up.
+        build_registry(settings, load_processors(getattr(args, "processors", None)))
     except ConfigError as exc:
         sys.stderr.write(f"workflow: configuration error: {exc}\n")
         return 2
