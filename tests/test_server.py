@@ -211,9 +211,6 @@ def test_health_is_503_when_postgresql_is_unreachable(unreachable_pg_server):
     assert "s3cretpw" not in srv.stdout() + srv.stderr()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a refused PostgreSQL connection is reported only after the full "
-                   "DB_TIMEOUT_SECONDS (5 s): the psycopg pool retries in the background and /health waits for "
-                   "PoolTimeout, holding a sync worker, instead of failing fast")
 def test_health_fails_fast_when_postgresql_refuses_connections(unreachable_pg_server):
     srv = unreachable_pg_server
     wait_for_health(srv, timeout=15, statuses=(503,))

@@ -11,6 +11,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -197,8 +198,82 @@ def postgres_conninfo(url: str, timeout: float) -> tuple[str, int, int]:
     return conninfo, max(1, pool_size), max(0, max_overflow)
 
 
+class ConnectionPool:
+    """A small LIFO pool of psycopg connections for one process.
+
+    Why not psycopg_pool: when the server refuses connections, its clients wait
+    the whole pool timeout while it retries in the background; here a refused
+    connect fails at once (a fast 503), and the next request simply connects
+    again once the server is back. A connection idle for more than
+    `check_after` seconds is checked before use; a connection error discards
+    every idle connection, since after a server restart they are all dead.
+    """
+
+    def __init__(self, conninfo: str, max_size: int, timeout: float, check_after: float = 1.0):
+        self.conninfo, self.timeout, self.check_after = conninfo, timeout, check_after
+        self._idle: list[tuple[object, float]] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_size)
+
+    def _connect(self):
+        import psycopg
+        from psycopg.rows import dict_row
+
+        return psycopg.connect(self.conninfo, autocommit=True, row_factory=dict_row)
+
+    def _healthy(self, conn, idle_since: float) -> bool:
+        if conn.closed:
+            return False
+        if time.monotonic() - idle_since < self.check_after:
+            return True
+        try:
+            conn.execute("")  # one round trip: is the server still there?
+            return True
+        except Exception:
+            conn.close()
+            return False
+
+    def getconn(self):
+        """A connection, reused when possible; raises DatabaseUnavailable when none can be had."""
+        if not self._slots.acquire(timeout=self.timeout):
+            raise DatabaseUnavailable("all database connections are busy, try again later")
+        try:
+            while True:
+                with self._lock:
+                    item = self._idle.pop() if self._idle else None
+                if item is None:
+                    return self._connect()
+                if self._healthy(*item):
+                    return item[0]
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def putconn(self, conn, broken: bool = False) -> None:
+        """Give a connection back; a broken one is closed with every idle one."""
+        from psycopg.pq import TransactionStatus
+
+        try:
+            if broken or conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.close()
+                if broken:
+                    self.discard_idle()
+            else:
+                with self._lock:
+                    self._idle.append((conn, time.monotonic()))
+        finally:
+            self._slots.release()
+
+    def discard_idle(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            conn.close()
+
+
 class PostgresDatabase(Database):
-    """A psycopg connection pool per process, opened on first use after fork."""
+    """A connection pool per process, created on first use after fork."""
 
     dialect = "postgresql"
 
@@ -207,54 +282,46 @@ class PostgresDatabase(Database):
         self.conninfo, self.pool_size, self.max_overflow = postgres_conninfo(
             settings.database_url, settings.db_timeout_seconds
         )
-        self._pool = None
+        self._pool: ConnectionPool | None = None
         self._pid = None
         self._lock = threading.Lock()
 
-    def _get_pool(self):
-        if self._pool is not None and self._pid == os.getpid():
-            return self._pool
-        from psycopg.rows import dict_row
-        from psycopg_pool import ConnectionPool
-
-        with self._lock:
-            if self._pool is None or self._pid != os.getpid():
-                self._pool = ConnectionPool(
-                    self.conninfo,
-                    min_size=1,
-                    max_size=self.pool_size + self.max_overflow,
-                    kwargs={"autocommit": True, "row_factory": dict_row},
-                    # A cheap check on checkout lets the pool recover by itself
-                    # after the server restarts (SPEC: 503, then healthy again).
-                    check=ConnectionPool.check_connection,
-                    timeout=self.settings.db_timeout_seconds,
-                    max_idle=300,
-                    reconnect_timeout=0,
-                    name="workflow",
-                    open=False,
-                )
-                self._pool.open(wait=False)
-                self._pid = os.getpid()
+    def _get_pool(self) -> ConnectionPool:
+        if self._pool is None or self._pid != os.getpid():
+            with self._lock:
+                if self._pool is None or self._pid != os.getpid():
+                    # A pool inherited through fork belongs to the parent: never touch its sockets.
+                    self._pool = ConnectionPool(self.conninfo, self.pool_size + self.max_overflow,
+                                                self.settings.db_timeout_seconds)
+                    self._pid = os.getpid()
         return self._pool
 
     @contextmanager
     def _unit(self, transaction: bool, begin: str | None):
         import psycopg
-        from psycopg_pool import PoolTimeout
 
+        pool = self._get_pool()
         try:
-            with self._get_pool().connection() as conn:
-                with conn.cursor() as cur:
-                    if transaction:
-                        with conn.transaction():
-                            if begin:
-                                cur.execute(self.queries[begin])
-                            yield Session(cur, self.queries)
-                    else:
-                        yield Session(cur, self.queries)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+            conn = pool.getconn()
+        except psycopg.OperationalError as exc:
             log.error("postgresql.unavailable", extra={"fields": {"error": type(exc).__name__}})
             raise DatabaseUnavailable() from exc
+        broken = False
+        try:
+            with conn.cursor() as cur:
+                if transaction:
+                    with conn.transaction():
+                        if begin:
+                            cur.execute(self.queries[begin])
+                        yield Session(cur, self.queries)
+                else:
+                    yield Session(cur, self.queries)
+        except psycopg.OperationalError as exc:
+            broken = True
+            log.error("postgresql.unavailable", extra={"fields": {"error": type(exc).__name__}})
+            raise DatabaseUnavailable() from exc
+        finally:
+            pool.putconn(conn, broken=broken or conn.broken)
 
     def read(self, snapshot: bool = False):
         """A read; `snapshot=True` runs in one repeatable-read transaction."""
@@ -265,7 +332,7 @@ class PostgresDatabase(Database):
         return self._unit(True, None)
 
     def close(self) -> None:
-        """Close the pool of this process."""
+        """Close the idle connections of this process."""
         if self._pool is not None and self._pid == os.getpid():
-            self._pool.close()
+            self._pool.discard_idle()
         self._pool = None

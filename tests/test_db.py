@@ -1,0 +1,57 @@
+"""Database access: connection reuse, recovery, and the SQLite settings."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_settings, new_pg_schema
+from webtest import TestApp
+
+from workflow import create_app
+from workflow_service.migrations import Migrator
+
+
+@pytest.fixture
+def pg_app(pg_server_url):
+    """An app on a fresh, migrated PostgreSQL schema."""
+    url = new_pg_schema(pg_server_url)
+    wsgi = create_app(make_settings(url))
+    Migrator(wsgi.db).up()
+    yield TestApp(wsgi), url
+    wsgi.db.close()
+
+
+def test_sqlite_connection_settings(tmp_path):
+    wsgi = create_app(make_settings(f"sqlite:///{tmp_path / 'x.db'}", DB_TIMEOUT_SECONDS="3"))
+    conn = wsgi.db._connection()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 3000
+    assert wsgi.db._connection() is conn  # reused, not reopened
+    wsgi.db.close()
+
+
+def test_postgresql_connections_are_reused(pg_app):
+    app, _ = pg_app
+    app.get("/records")
+    with app.app.db.read() as s:
+        first = s.one_sql("SELECT pg_backend_pid() AS pid")["pid"]
+    for _ in range(5):
+        app.get("/records")
+    with app.app.db.read() as s:
+        assert s.one_sql("SELECT pg_backend_pid() AS pid")["pid"] == first
+
+
+def test_postgresql_recovers_when_its_connections_are_killed(pg_app):
+    app, database_url = pg_app
+    assert app.get("/health").status_int == 200
+    admin = create_app(make_settings(database_url))
+    with admin.db.read() as s:
+        killed = s.all_sql("SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity "
+                  "WHERE datname = current_database() AND pid <> pg_backend_pid() AND usename = current_user "
+                  "AND application_name = ''")
+    admin.db.close()
+    assert any(row["killed"] for row in killed)
+    statuses = [app.get("/records", expect_errors=True).status_int for _ in range(3)]
+    # The request that meets the dead connection may get a 503; the pool then reconnects by itself.
+    assert statuses[-2:] == [200, 200] and statuses[0] in (200, 503)
+    assert app.get("/health").json["status"] == "healthy"
