@@ -4,13 +4,14 @@
   shared between two apps in one process.
 - `app` is the module-level app for `gunicorn workflow:app`, built on first
   access from the environment and `.env`.
-- `python -m workflow serve | migrate ... | worker | cleanup` is the command line.
+- `python -m workflow serve | migrate ... | worker | cleanup | import FILE` is the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ from workflow_service.reports import Summary
 from workflow_service.states import ProcessorRegistry, RetryPolicy, TransientError
 
 ROOT = Path(__file__).resolve().parent
+log = logging.getLogger("workflow.cli")
 __all__ = ["TransientError", "create_app", "main"]  # and the lazy `app`
 
 
@@ -139,9 +141,17 @@ def cmd_serve(args, settings: Settings) -> int:
     if args.processors:
         os.environ["WORKFLOW_PROCESSORS"] = args.processors
     if not args.no_migrate:
-        code = cmd_migrate(argparse.Namespace(action="up", steps=None), settings)
-        if code:
-            return code
+        from workflow_service.migrations import MigrationError, Migrator
+
+        db = open_database(settings)
+        try:
+            for m in Migrator(db).up():
+                log.info("migrate.applied", extra={"fields": {"version": m.version, "name": m.name}})
+        except MigrationError as exc:
+            sys.stderr.write(f"workflow: serve: migrations: {exc}\n")
+            return 1
+        finally:
+            db.close()
     argv = [
         sys.executable, "-m", "gunicorn", "workflow:app",
         "--bind", f"{args.host}:{args.port}",
@@ -264,6 +274,34 @@ def cmd_cleanup(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_import(args, settings: Settings) -> int:
+    """Validate a CSV/TSV/JSON/NDJSON file, then import it in batches with progress."""
+    from workflow_service.importer import ImportFailed, import_file
+
+    path = Path(args.file)
+    if not path.is_file():
+        sys.stderr.write(f"workflow: import: no such file: {path}\n")
+        return 2
+    db = open_database(settings)
+    try:
+        done = import_file(db, path, fmt=args.format, batch_size=args.batch_size,
+                           progress=lambda n, total: sys.stderr.write(f"imported {n}/{total} records\n"))
+    except ImportFailed as exc:
+        sys.stderr.write(f"workflow: import: nothing imported, {len(exc.problems)} problem(s):\n")
+        for line in exc.problems[:50]:
+            sys.stderr.write(f"  {line}\n")
+        if len(exc.problems) > 50:
+            sys.stderr.write(f"  ... and {len(exc.problems) - 50} more\n")
+        return 1
+    except DatabaseUnavailable:
+        sys.stderr.write("workflow: import: database unavailable\n")
+        return 1
+    finally:
+        db.close()
+    print(f"imported {done} records from {path.name}")
+    return 0
+
+
 def _positive(kind):
     def parse(text: str):
         value = kind(text)
@@ -300,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a dict (or a function returning one) of category -> processor")
 
     commands.add_parser("cleanup", help="expire idempotency keys older than IDEMPOTENCY_TTL_HOURS")
+
+    importer = commands.add_parser("import", help="import records from a CSV, TSV, JSON or NDJSON file")
+    importer.add_argument("file")
+    importer.add_argument("--format", choices=["csv", "tsv", "json", "ndjson"],
+                          help="default: from the file name, else detected")
+    importer.add_argument("--batch-size", type=_positive(int), default=1000)
     return parser
 
 
@@ -326,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_worker(args, settings)
     if args.command == "cleanup":
         return cmd_cleanup(args, settings)
+    if args.command == "import":
+        return cmd_import(args, settings)
     return 2
 
 
