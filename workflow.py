@@ -155,7 +155,7 @@ def cmd_serve(args, settings: Settings) -> int:
     argv = [
         sys.executable, "-m", "gunicorn", "workflow:app",
         "--bind", f"{args.host}:{args.port}",
-        "--workers", str(args.workers),
+        "--workers", str(args.workers or settings.web_concurrency),
         "--chdir", str(ROOT),
         "--timeout", "30",
         "--graceful-timeout", "20",
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="apply migrations, then serve with gunicorn")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2") or 2))
+    serve.add_argument("--workers", type=_positive(int), help="gunicorn workers (default: WEB_CONCURRENCY, 2)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations first")
     serve.add_argument("--processors", metavar="MODULE:NAME",
                        help="a dict (or a function returning one) of category -> processor")

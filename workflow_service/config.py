@@ -33,6 +33,7 @@ class Settings:
     max_attempts: int = 5
     retry_base_seconds: float = 2.0
     idempotency_ttl_hours: float = 24.0
+    web_concurrency: int = 2
     category_schemas_dir: str = str(Path(__file__).resolve().parent.parent / "schemas" / "categories")
 
     @property
@@ -105,6 +106,7 @@ def settings_from_mapping(env: dict[str, str]) -> Settings:
     # SPEC: idempotency keys live at least 24 hours.
     ttl = _number(env, "IDEMPOTENCY_TTL_HOURS", defaults.idempotency_ttl_hours, float, 24, 24 * 365)
 
+    web_concurrency = _number(env, "WEB_CONCURRENCY", defaults.web_concurrency, int, 1, 64)
     schemas_dir = get("CATEGORY_SCHEMAS_DIR", defaults.category_schemas_dir)
     if not Path(schemas_dir).is_dir():
         raise ConfigError(f"CATEGORY_SCHEMAS_DIR {schemas_dir!r} is not a directory")
@@ -123,6 +125,7 @@ def settings_from_mapping(env: dict[str, str]) -> Settings:
         max_attempts=max_attempts,
         retry_base_seconds=retry_base,
         idempotency_ttl_hours=ttl,
+        web_concurrency=web_concurrency,
     )
 
 
