@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,11 +102,20 @@ class Migrator:
         self.by_version = {m.version: m for m in self.migrations}
         self.now = now
 
+    @contextmanager
+    def _locked(self):
+        """A write transaction holding the migration lock, with the history table present."""
+        try:
+            with self.db.write() as s:
+                s.run("migrations.begin")
+                s.run("migrations.create_table")
+                yield s
+        except DatabaseUnavailable as exc:
+            raise MigrationError(f"database unavailable: {_reason(exc.__cause__ or exc)}") from exc
+
     def applied(self) -> list[dict]:
         """Rows of `schema_migrations`, oldest first."""
-        with self.db.write() as s:
-            s.run("migrations.begin")
-            s.run("migrations.create_table")
+        with self._locked() as s:
             return s.all("migrations.applied")
 
     def _check(self, applied: list[dict]) -> None:
@@ -124,28 +134,23 @@ class Migrator:
 
     def _step(self, choose: Callable[[list[dict]], tuple[Migration, str] | None]) -> Migration | None:
         """One locked transaction: re-read the history, pick a step, run it."""
-        try:
-            with self.db.write() as s:
-                s.run("migrations.begin")
-                s.run("migrations.create_table")
-                applied = s.all("migrations.applied")
-                self._check(applied)
-                step = choose(applied)
-                if step is None:
-                    return None
-                migration, direction = step
-                try:
-                    s.script(migration.up if direction == "up" else migration.down)
-                except Exception as exc:
-                    raise MigrationError(f"{migration.path.name} ({direction}) failed: {_reason(exc)}") from exc
-                if direction == "up":
-                    s.run("migrations.record", {"version": migration.version, "name": migration.name,
-                                                "checksum": migration.checksum, "applied_at": self.now()})
-                else:
-                    s.run("migrations.forget", {"version": migration.version})
-                return migration
-        except DatabaseUnavailable as exc:
-            raise MigrationError(f"database unavailable: {_reason(exc.__cause__ or exc)}") from exc
+        with self._locked() as s:
+            applied = s.all("migrations.applied")
+            self._check(applied)
+            step = choose(applied)
+            if step is None:
+                return None
+            migration, direction = step
+            try:
+                s.script(migration.up if direction == "up" else migration.down)
+            except Exception as exc:
+                raise MigrationError(f"{migration.path.name} ({direction}) failed: {_reason(exc)}") from exc
+            if direction == "up":
+                s.run("migrations.record", {"version": migration.version, "name": migration.name,
+                                            "checksum": migration.checksum, "applied_at": self.now()})
+            else:
+                s.run("migrations.forget", {"version": migration.version})
+            return migration
 
     def up(self) -> list[Migration]:
         """Apply every pending migration, oldest first; return those this call applied."""
