@@ -19,9 +19,11 @@ from pathlib import Path
 import falcon
 
 from workflow_service.config import ConfigError, Settings, load_settings
+from workflow_service.dashboard import Dashboard
 from workflow_service.db import Database, open_database
 from workflow_service.errors import DatabaseUnavailable
 from workflow_service.middleware import APIKeyAuth, RequestContext, configure_logging, handle_error
+from workflow_service.openapi import DocsAsset, DocsPage, OpenAPIDocument
 from workflow_service.records import (
     RecordBatch,
     RecordCollection,
@@ -30,7 +32,7 @@ from workflow_service.records import (
     RecordProcess,
     RecordRetry,
 )
-from workflow_service.reports import Summary
+from workflow_service.reports import Summary, Timeseries
 from workflow_service.states import ProcessorRegistry, RetryPolicy, TransientError
 
 ROOT = Path(__file__).resolve().parent
@@ -105,6 +107,11 @@ def create_app(settings: Settings | None = None, processors: dict | None = None,
     app.add_route("/records/{record_id}/retry", RecordRetry(db))
     app.add_route("/records/{record_id}/events", RecordEvents(db))
     app.add_route("/reports/summary", Summary(db))
+    app.add_route("/reports/timeseries", Timeseries(db))
+    app.add_route("/dashboard", Dashboard(db))
+    app.add_route("/openapi.json", OpenAPIDocument(app, settings))
+    app.add_route("/docs", DocsPage())
+    app.add_route("/docs/assets/{name}", DocsAsset())
 
     app.db, app.settings = db, settings
     return app

