@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import falcon
@@ -34,6 +35,7 @@ from workflow_service.records import (
 )
 from workflow_service.reports import Summary, Timeseries
 from workflow_service.states import ProcessorRegistry, RetryPolicy, TransientError
+from workflow_service.timeutil import utc_now_text
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("workflow.cli")
@@ -86,8 +88,11 @@ def build_registry(settings: Settings, processors: dict | None = None) -> Proces
 
 
 def create_app(settings: Settings | None = None, processors: dict | None = None,
-               db: Database | None = None) -> WorkflowApp:
-    """Build the WSGI app: routes, middleware and error rendering."""
+               db: Database | None = None, clock: Callable[[], str] = utc_now_text) -> WorkflowApp:
+    """Build the WSGI app: routes, middleware and error rendering.
+
+    `clock` returns the current UTC time in the stored form; tests pass a fake.
+    """
     settings = settings or load_settings()
     db = db or open_database(settings)
     registry = build_registry(settings, processors)
@@ -100,15 +105,15 @@ def create_app(settings: Settings | None = None, processors: dict | None = None,
 
     app.add_route("/health", Health(db))
     app.add_route("/version", Version(settings))
-    app.add_route("/records", RecordCollection(db, settings.max_body_bytes))
-    app.add_route("/records/batch", RecordBatch(db, settings.max_body_bytes))
+    app.add_route("/records", RecordCollection(db, settings.max_body_bytes, now=clock))
+    app.add_route("/records/batch", RecordBatch(db, settings.max_body_bytes, now=clock))
     app.add_route("/records/{record_id}", RecordItem(db))
-    app.add_route("/records/{record_id}/process", RecordProcess(db, registry))
-    app.add_route("/records/{record_id}/retry", RecordRetry(db))
+    app.add_route("/records/{record_id}/process", RecordProcess(db, registry, now=clock))
+    app.add_route("/records/{record_id}/retry", RecordRetry(db, now=clock))
     app.add_route("/records/{record_id}/events", RecordEvents(db))
-    app.add_route("/reports/summary", Summary(db))
-    app.add_route("/reports/timeseries", Timeseries(db))
-    app.add_route("/dashboard", Dashboard(db))
+    app.add_route("/reports/summary", Summary(db, now=clock))
+    app.add_route("/reports/timeseries", Timeseries(db, now=clock))
+    app.add_route("/dashboard", Dashboard(db, settings.project_name, now=clock))
     app.add_route("/openapi.json", OpenAPIDocument(app, settings))
     app.add_route("/docs", DocsPage())
     app.add_route("/docs/assets/{name}", DocsAsset())
@@ -164,6 +169,11 @@ def cmd_serve(args, settings: Settings) -> int:
         "--bind", f"{args.host}:{args.port}",
         "--workers", str(args.workers or settings.web_concurrency),
         "--chdir", str(ROOT),
+        # Threads: a long CSV export or a slow client occupies a thread, not the worker, and the
+        # worker keeps answering gunicorn's heartbeat (a sync worker would be killed at --timeout).
+        "--worker-class", "gthread",
+        "--threads", str(args.threads),
+        "--keep-alive", "5",
         "--timeout", "30",
         "--graceful-timeout", "20",
         "--log-level", "warning",
@@ -328,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=_positive(int), help="gunicorn workers (default: WEB_CONCURRENCY, 2)")
+    serve.add_argument("--threads", type=_positive(int), default=4, help="threads per worker (gthread)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations first")
     serve.add_argument("--processors", metavar="MODULE:NAME",
                        help="a dict (or a function returning one) of category -> processor")

@@ -98,8 +98,9 @@ def make_app(database_url):
     """Build WebTest apps on the module's database, emptied first; closed afterwards."""
     built = []
 
-    def build(processors=None, **env) -> TestApp:
-        wsgi = create_app(make_settings(database_url, **env), processors=processors)
+    def build(processors=None, clock=None, **env) -> TestApp:
+        extra = {"clock": clock} if clock else {}
+        wsgi = create_app(make_settings(database_url, **env), processors=processors, **extra)
         built.append(wsgi)
         return TestApp(wsgi)
 

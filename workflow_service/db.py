@@ -59,9 +59,25 @@ class Session:
         row = self._cur.fetchone()
         return None if row is None else dict(row)
 
+    def iter_sql(self, sql: str, params: dict | None = None, size: int = 2000):
+        """Yield the rows of a composed statement in chunks, never holding them all."""
+        self._cur.execute(sql, params or self.no_params)
+        while rows := self._cur.fetchmany(size):
+            for row in rows:
+                yield dict(row)
+
     def script(self, text: str) -> None:
         """Run several `;`-separated statements (migrations)."""
         self._cur.execute(text)
+
+
+class _PostgresSession(Session):
+    def iter_sql(self, sql: str, params: dict | None = None, size: int = 2000):
+        # A server-side cursor: PostgreSQL sends the rows in chunks (needs a transaction).
+        with self._cur.connection.cursor(name="workflow_export") as named:
+            named.execute(sql, params or None)
+            while rows := named.fetchmany(size):
+                yield from rows
 
 
 def open_database(settings: Settings) -> Database:
@@ -313,9 +329,9 @@ class PostgresDatabase(Database):
                     with conn.transaction():
                         if begin:
                             cur.execute(self.queries[begin])
-                        yield Session(cur, self.queries)
+                        yield _PostgresSession(cur, self.queries)
                 else:
-                    yield Session(cur, self.queries)
+                    yield _PostgresSession(cur, self.queries)
         except psycopg.OperationalError as exc:
             broken = True
             log.error("postgresql.unavailable", extra={"fields": {"error": type(exc).__name__}})

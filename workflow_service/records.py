@@ -8,15 +8,15 @@ import uuid
 from collections.abc import Callable
 
 from .db import Database, Session
-from .errors import NotFound
+from .errors import NotFound, ValidationFailed, problem
 from .idempotency import fingerprint, idempotency_key, run_once
+from .listing import csv_lines, decode_cursor, encode_cursor, filter_fragments, wants_csv
 from .states import PENDING, PROCESSED, ProcessorRegistry, transition
 from .timeutil import utc_now_text
 from .validation import parse_query, read_json_body, validate_body
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_LIMIT = 200
-LIST_FILTERS = ("status", "category", "source")
 
 
 def record_out(row: dict) -> dict:
@@ -35,22 +35,6 @@ def checked_id(record_id: str) -> str:
     if not UUID_RE.match(record_id):
         raise NotFound("record not found")
     return record_id
-
-
-def filter_fragments(query: dict, after: str, before: str) -> tuple[tuple[str, ...], dict]:
-    """The whitelisted filter fragments and their parameters for a query."""
-    names, params = [], {}
-    for name in LIST_FILTERS:
-        if query.get(name) is not None:
-            names.append(f"filter.{name}")
-            params[name] = query[name]
-    if query.get(after) is not None:
-        names.append("filter.created_from")
-        params["created_from"] = query[after]
-    if query.get(before) is not None:
-        names.append("filter.created_to")
-        params["created_to"] = query[before]
-    return tuple(names), params
 
 
 class RecordCollection:
@@ -74,22 +58,45 @@ class RecordCollection:
 
     def on_get(self, req, resp):
         query = parse_query(req, "queries/list_records.json")
-        limit = min(query["limit"], MAX_LIMIT)
         filters, params = filter_fragments(query, "created_after", "created_before")
         order = f"order.{query['sort_by']}.{query['sort_order']}"
+        if wants_csv(req, query):
+            return stream_csv(resp, self.db, filters, params, order, "records.csv")
+        limit = min(query["limit"], MAX_LIMIT)
+        page_filters = filters
+        if query.get("cursor"):
+            if query["offset"]:
+                raise ValidationFailed(details=[problem(["query", "offset"], "cannot be combined with cursor")])
+            params.update(decode_cursor(query, query["cursor"]))
+            page_filters = (*filters, f"after.{query['sort_by']}.{query['sort_order']}")
         with self.db.read(snapshot=True) as s:
-            list_sql = s.queries.compose("list_records", filters=filters, order=order)
+            list_sql = s.queries.compose("list_records", filters=page_filters, order=order)
             count_sql = s.queries.compose("count_records", filters=filters)
-            rows = s.all_sql(list_sql, dict(params, limit=limit, offset=query["offset"]))
+            rows = s.all_sql(list_sql, dict(params, limit=limit + 1, offset=query["offset"]))
             total = s.one_sql(count_sql, params)["total"]
+        more = len(rows) > limit
+        rows = rows[:limit]
         resp.media = {
             "items": [record_out(r) for r in rows],
             "count": len(rows),
             "total": total,
             "limit": limit,
             "offset": query["offset"],
-            "next_cursor": None,
+            "next_cursor": encode_cursor(query, rows[-1]) if more else None,
         }
+
+
+def stream_csv(resp, db: Database, filters: tuple, params: dict, order: str, filename: str) -> None:
+    """Stream every matching record as CSV from one snapshot, in constant memory."""
+
+    def generate():
+        with db.read(snapshot=True) as s:
+            sql = s.queries.compose("export_records", filters=filters, order=order)
+            yield from csv_lines(s.iter_sql(sql, params))
+
+    resp.content_type = "text/csv; charset=utf-8"
+    resp.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+    resp.stream = generate()
 
 
 def insert_records(s: Session, bodies: list[dict], request_id: str, new_id: Callable[[], str], now: str) -> list[dict]:
@@ -147,11 +154,11 @@ class RecordBatch:
 class RecordRetry:
     """`POST /records/{id}/retry`: a failed record becomes pending again."""
 
-    def __init__(self, db: Database):
-        self.db = db
+    def __init__(self, db: Database, now: Callable[[], str] = utc_now_text):
+        self.db, self.now = db, now
 
     def on_post(self, req, resp, record_id):
-        row = transition(self.db, checked_id(record_id), PENDING, actor=req.context.request_id)
+        row = transition(self.db, checked_id(record_id), PENDING, actor=req.context.request_id, now=self.now)
         resp.media = record_out(row)
 
 
@@ -172,12 +179,12 @@ class RecordItem:
 class RecordProcess:
     """`POST /records/{id}/process`: run the processor on a pending record."""
 
-    def __init__(self, db: Database, registry: ProcessorRegistry):
-        self.db, self.registry = db, registry
+    def __init__(self, db: Database, registry: ProcessorRegistry, now: Callable[[], str] = utc_now_text):
+        self.db, self.registry, self.now = db, registry, now
 
     def on_post(self, req, resp, record_id):
         row = transition(self.db, checked_id(record_id), PROCESSED, registry=self.registry,
-                         actor=req.context.request_id)
+                         actor=req.context.request_id, now=self.now)
         resp.media = record_out(row)
 
 

@@ -1,15 +1,21 @@
-"""HTTP resources for reports."""
+"""Reports: the summary and the time series, as JSON resources and as functions the dashboard reuses."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from .db import Database
 from .errors import ValidationFailed, problem
-from .records import filter_fragments
+from .listing import csv_lines, filter_fragments, wants_csv
 from .states import STATUSES
-from .timeutil import utc_now_text
+from .timeutil import to_text, utc_now_text
 from .validation import parse_query
+
+MAX_BUCKETS = 10_000
+BUCKET_STEP = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+DEFAULT_SPAN = {"hour": timedelta(hours=23), "day": timedelta(days=29)}
+SUMMARY_FILTERS = ("status", "category", "source", "date_from", "date_to")
 
 
 def _group(rows: list[dict], dimension: str) -> list[dict]:
@@ -23,36 +29,110 @@ def _group(rows: list[dict], dimension: str) -> list[dict]:
     return [groups[key] for key in sorted(groups)]
 
 
+def check_range(query: dict) -> None:
+    """SPEC: `date_from` after `date_to` is a 422."""
+    if query.get("date_from") and query.get("date_to") and query["date_from"] > query["date_to"]:
+        raise ValidationFailed(details=[problem(["query", "date_from"], "must not be after date_to")])
+
+
+def summary(db: Database, query: dict, now: Callable[[], str] = utc_now_text) -> dict:
+    """Totals, by category and by source, from one statement (so one snapshot)."""
+    check_range(query)
+    filters, params = filter_fragments(query, "date_from", "date_to")
+    with db.read() as s:
+        rows = s.all_sql(s.queries.compose("summary_counts", filters=filters), params)
+    by_category = _group(rows, "category")
+    totals = {"all": sum(c["count"] for c in by_category)}
+    totals.update({status: sum(c[status] for c in by_category) for status in STATUSES})
+    return {
+        "generated_at": now(),
+        "filters": {name: query.get(name) for name in SUMMARY_FILTERS},
+        "totals": totals,
+        "by_category": by_category,
+        "by_source": _group(rows, "source"),
+    }
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp[:-1])
+
+
+def _floor(moment: datetime, bucket: str) -> datetime:
+    moment = moment.replace(minute=0, second=0, microsecond=0)
+    return moment.replace(hour=0) if bucket == "day" else moment
+
+
+def timeseries(db: Database, query: dict, now: Callable[[], str] = utc_now_text) -> dict:
+    """Dense per-bucket counts and latencies between `date_from` and `date_to` (UTC)."""
+    check_range(query)
+    bucket = query["bucket"]
+    end = _parse(query["date_to"]) if query.get("date_to") else _parse(now())
+    start = _parse(query["date_from"]) if query.get("date_from") else _floor(end, bucket) - DEFAULT_SPAN[bucket]
+    first, last = _floor(start, bucket), _floor(end, bucket)
+    count = (last - first) // BUCKET_STEP[bucket] + 1
+    if count > MAX_BUCKETS:
+        raise ValidationFailed(details=[problem(["query", "date_from"],
+                                                f"the range holds {count} {bucket} buckets; at most {MAX_BUCKETS}")])
+    lower, upper = to_text(start), to_text(end)
+    created_filters, params = filter_fragments(dict(query, date_from=lower, date_to=upper), "date_from", "date_to")
+    finished_filters = tuple(f for f in created_filters if not f.startswith("filter.created")) + (
+        "filter.processed_from", "filter.processed_to")
+    params.update(processed_from=lower, processed_to=upper)
+    with db.read(snapshot=True) as s:
+        created = s.all_sql(s.queries.compose("timeseries_created", filters=created_filters,
+                                              bucket=f"bucket.{bucket}.created_at"), params)
+        finished = s.all_sql(s.queries.compose("timeseries_finished", filters=finished_filters,
+                                               bucket=f"bucket.{bucket}.processed_at"), params)
+    items = {}
+    for i in range(count):
+        key = to_text(first + i * BUCKET_STEP[bucket])
+        items[key] = {"start": key, "created": 0, **dict.fromkeys(STATUSES, 0), "became_processed": 0,
+                      "became_failed": 0, "latency_p50_ms": None, "latency_p95_ms": None,
+                      "latency_avg_ms": None, "latency_max_ms": None}
+    for row in created:
+        if row["start"] in items:
+            items[row["start"]][row["status"]] += row["n"]
+            items[row["start"]]["created"] += row["n"]
+    for row in finished:
+        if row["start"] not in items:
+            continue
+        item = items[row["start"]]
+        item[f"became_{row['status']}"] += row["n"]
+        if row["status"] == "processed":  # latency of successful processing
+            for name in ("latency_p50_ms", "latency_p95_ms", "latency_avg_ms", "latency_max_ms"):
+                item[name] = None if row[name] is None else round(float(row[name]), 3)
+    return {"bucket": bucket, "date_from": lower, "date_to": upper,
+            "filters": {name: query.get(name) for name in ("status", "category", "source")},
+            "items": list(items.values())}
+
+
 class Summary:
-    """`GET /reports/summary`: totals, by category and by source, one snapshot."""
+    """`GET /reports/summary` (JSON, or CSV with `format=csv` / `Accept: text/csv`)."""
 
     def __init__(self, db: Database, now: Callable[[], str] = utc_now_text):
         self.db, self.now = db, now
 
     def on_get(self, req, resp):
         query = parse_query(req, "queries/summary.json")
-        if query.get("date_from") and query.get("date_to") and query["date_from"] > query["date_to"]:
-            raise ValidationFailed(details=[problem(["query", "date_from"], "must not be after date_to")])
-        filters, params = filter_fragments(query, "date_from", "date_to")
-        with self.db.read() as s:
-            rows = s.all_sql(s.queries.compose("summary_counts", filters=filters), params)
-        by_category = _group(rows, "category")
-        totals = {"all": sum(c["count"] for c in by_category)}
-        totals.update({status: sum(c[status] for c in by_category) for status in STATUSES})
-        resp.media = {
-            "generated_at": self.now(),
-            "filters": {name: query.get(name) for name in ("status", "category", "source", "date_from", "date_to")},
-            "totals": totals,
-            "by_category": by_category,
-            "by_source": _group(rows, "source"),
-        }
+        report = summary(self.db, query, self.now)
+        if not wants_csv(req, query):
+            resp.media = report
+            return
+        rows = [{"group": "total", "name": "all", "count": report["totals"]["all"],
+                 **{s: report["totals"][s] for s in STATUSES}}]
+        for dimension in ("category", "source"):
+            rows += [{"group": dimension, "name": e[dimension], **{k: e[k] for k in ("count", *STATUSES)}}
+                     for e in report[f"by_{dimension}"]]
+        resp.content_type = "text/csv; charset=utf-8"
+        resp.set_header("Content-Disposition", 'attachment; filename="summary.csv"')
+        resp.data = b"".join(csv_lines(rows, ("group", "name", "count", *STATUSES)))
 
 
 class Timeseries:
-    """`GET /reports/timeseries`: per-bucket counts (hour or day)."""
+    """`GET /reports/timeseries`: per hour or day, dense and zero-filled, in UTC."""
 
     def __init__(self, db: Database, now: Callable[[], str] = utc_now_text):
         self.db, self.now = db, now
 
     def on_get(self, req, resp):
-        resp.media = {"bucket": "day", "items": []}
+        resp.media = timeseries(self.db, parse_query(req, "queries/timeseries.json"), self.now)

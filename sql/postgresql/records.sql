@@ -51,7 +51,7 @@ FROM record_events WHERE record_id = %(record_id)s ORDER BY id;
 -- Claim the next eligible pending records; rows another worker holds are skipped, not waited for.
 SELECT {record_columns} FROM records
 WHERE status = 'pending' AND available_at <= %(now)s::timestamptz
-ORDER BY available_at, id
+ORDER BY records.available_at, records.id
 LIMIT %(limit)s FOR UPDATE SKIP LOCKED;
 
 -- name: list_records
@@ -84,38 +84,77 @@ created_at >= %(created_from)s
 created_at <= %(created_to)s
 
 -- name: order.created_at.asc
--- Sort fragment; ties break by id in the same direction.
-created_at ASC, id ASC
+-- Sort fragment; ties break by id in the same direction. Columns are qualified:
+-- unqualified, ORDER BY would sort by the formatted output columns and miss the indexes.
+records.created_at ASC, records.id ASC
 
 -- name: order.created_at.desc
 -- Sort fragment.
-created_at DESC, id DESC
+records.created_at DESC, records.id DESC
 
 -- name: order.status.asc
 -- Sort fragment.
-status ASC, id ASC
+records.status ASC, records.id ASC
 
 -- name: order.status.desc
 -- Sort fragment.
-status DESC, id DESC
+records.status DESC, records.id DESC
 
 -- name: order.category.asc
 -- Sort fragment.
-category ASC, id ASC
+records.category ASC, records.id ASC
 
 -- name: order.category.desc
 -- Sort fragment.
-category DESC, id DESC
+records.category DESC, records.id DESC
 
 -- name: order.source.asc
 -- Sort fragment.
-source ASC, id ASC
+records.source ASC, records.id ASC
 
 -- name: order.source.desc
 -- Sort fragment.
-source DESC, id DESC
+records.source DESC, records.id DESC
 
 -- name: insert_event_many
 -- Append creation events in bulk (executemany).
 INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
 VALUES (%(record_id)s, %(from_status)s, %(to_status)s, %(now)s, %(request_id)s, %(detail)s);
+
+-- Keyset fragments: the rows after a cursor's (sort value, id), in the sort's direction.
+
+-- name: after.created_at.asc
+-- Rows after the cursor for sort_by=created_at, sort_order=asc.
+(created_at, id) > (%(cursor_value)s::timestamptz, %(cursor_id)s::uuid)
+
+-- name: after.created_at.desc
+-- Rows after the cursor for sort_by=created_at, sort_order=desc.
+(created_at, id) < (%(cursor_value)s::timestamptz, %(cursor_id)s::uuid)
+
+-- name: after.status.asc
+-- Rows after the cursor for sort_by=status, sort_order=asc.
+(status, id) > (%(cursor_value)s, %(cursor_id)s::uuid)
+
+-- name: after.status.desc
+-- Rows after the cursor for sort_by=status, sort_order=desc.
+(status, id) < (%(cursor_value)s, %(cursor_id)s::uuid)
+
+-- name: after.category.asc
+-- Rows after the cursor for sort_by=category, sort_order=asc.
+(category, id) > (%(cursor_value)s, %(cursor_id)s::uuid)
+
+-- name: after.category.desc
+-- Rows after the cursor for sort_by=category, sort_order=desc.
+(category, id) < (%(cursor_value)s, %(cursor_id)s::uuid)
+
+-- name: after.source.asc
+-- Rows after the cursor for sort_by=source, sort_order=asc.
+(source, id) > (%(cursor_value)s, %(cursor_id)s::uuid)
+
+-- name: after.source.desc
+-- Rows after the cursor for sort_by=source, sort_order=desc.
+(source, id) < (%(cursor_value)s, %(cursor_id)s::uuid)
+
+-- name: export_records
+-- Every record matching the filters, in the chosen order, for streaming export.
+SELECT {record_columns} FROM records WHERE {filters} ORDER BY {order};

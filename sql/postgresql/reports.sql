@@ -6,3 +6,50 @@ SELECT CASE WHEN GROUPING(category) = 0 THEN 'category' ELSE 'source' END AS dim
        COALESCE(category, source) AS key, status, count(*) AS n
 FROM records WHERE {filters}
 GROUP BY GROUPING SETS ((category, status), (source, status));
+
+-- name: filter.processed_from
+-- Inclusive lower bound on processed_at.
+processed_at >= %(processed_from)s::timestamptz
+
+-- name: filter.processed_to
+-- Inclusive upper bound on processed_at.
+processed_at <= %(processed_to)s::timestamptz
+
+-- name: bucket.hour.created_at
+-- The UTC hour a record was created in.
+to_char(date_trunc('hour', created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+
+-- name: bucket.day.created_at
+-- The UTC day a record was created on.
+to_char(date_trunc('day', created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+
+-- name: bucket.hour.processed_at
+-- The UTC hour a record reached its terminal state in.
+to_char(date_trunc('hour', processed_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+
+-- name: bucket.day.processed_at
+-- The UTC day a record reached its terminal state on.
+to_char(date_trunc('day', processed_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+
+-- name: timeseries_created
+-- Records created per bucket, by current status.
+SELECT {bucket} AS start, status, count(*) AS n
+FROM records WHERE {filters}
+GROUP BY 1, 2;
+
+-- name: timeseries_finished
+-- Records that reached processed or failed per bucket, with processing latency percentiles.
+SELECT {bucket} AS start, status, count(*) AS n,
+       avg(extract(epoch FROM processed_at - created_at) * 1000)::float8 AS latency_avg_ms,
+       max(extract(epoch FROM processed_at - created_at) * 1000)::float8 AS latency_max_ms,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at) * 1000)
+           AS latency_p50_ms,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at) * 1000)
+           AS latency_p95_ms
+FROM records WHERE {filters} AND status IN ('processed', 'failed')
+GROUP BY 1, 2;
+
+-- name: latest_failures
+-- The most recent failures, newest first, for the dashboard.
+SELECT {record_columns} FROM records WHERE status = 'failed'
+ORDER BY records.processed_at DESC, records.id DESC LIMIT %(limit)s;

@@ -115,3 +115,41 @@ source DESC, id DESC
 -- Append creation events in bulk (executemany).
 INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
 VALUES (:record_id, :from_status, :to_status, :now, :request_id, :detail);
+
+-- Keyset fragments: the rows after a cursor's (sort value, id), in the sort's direction.
+
+-- name: after.created_at.asc
+-- Rows after the cursor for sort_by=created_at, sort_order=asc.
+(created_at, id) > (:cursor_value, :cursor_id)
+
+-- name: after.created_at.desc
+-- Rows after the cursor for sort_by=created_at, sort_order=desc.
+(created_at, id) < (:cursor_value, :cursor_id)
+
+-- name: after.status.asc
+-- Rows after the cursor for sort_by=status, sort_order=asc.
+(status, id) > (:cursor_value, :cursor_id)
+
+-- name: after.status.desc
+-- Rows after the cursor for sort_by=status, sort_order=desc.
+(status, id) < (:cursor_value, :cursor_id)
+
+-- name: after.category.asc
+-- Rows after the cursor for sort_by=category, sort_order=asc.
+(category, id) > (:cursor_value, :cursor_id)
+
+-- name: after.category.desc
+-- Rows after the cursor for sort_by=category, sort_order=desc.
+(category, id) < (:cursor_value, :cursor_id)
+
+-- name: after.source.asc
+-- Rows after the cursor for sort_by=source, sort_order=asc.
+(source, id) > (:cursor_value, :cursor_id)
+
+-- name: after.source.desc
+-- Rows after the cursor for sort_by=source, sort_order=desc.
+(source, id) < (:cursor_value, :cursor_id)
+
+-- name: export_records
+-- Every record matching the filters, in the chosen order, for streaming export.
+SELECT {record_columns} FROM records WHERE {filters} ORDER BY {order};

@@ -1,0 +1,165 @@
+"""Keyset cursors, CSV export and the summary as CSV, on both databases."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+
+import pytest
+
+SORTS = [(by, order) for by in ("created_at", "status", "category", "source") for order in ("asc", "desc")]
+
+
+@pytest.fixture
+def seeded(app):
+    """45 records in 3 batches (so created_at ties inside each), mixed statuses."""
+    ids = []
+    for b in range(3):
+        records = [{"source": f"s{(i + b) % 3}", "category": f"c{i % 4}", "payload": {"i": i, "priority": i % 11}}
+                   for i in range(15)]
+        ids += [r["id"] for r in app.post_json("/records/batch", {"records": records}).json["items"]]
+    for rid in ids[::4]:
+        app.post(f"/records/{rid}/process")
+    return ids
+
+
+def walk(app, query: str, limit: int) -> list[dict]:
+    items, cursor = [], None
+    for _ in range(100):
+        page = app.get(f"/records?limit={limit}&{query}" + (f"&cursor={cursor}" if cursor else "")).json
+        items += page["items"]
+        cursor = page["next_cursor"]
+        assert page["count"] == len(page["items"]) <= limit
+        if cursor is None:
+            return items
+    raise AssertionError("cursor walk did not end")
+
+
+@pytest.mark.parametrize(("sort_by", "order"), SORTS)
+def test_cursor_pages_cover_everything_once_in_order(app, seeded, sort_by, order):
+    query = f"sort_by={sort_by}&sort_order={order}"
+    walked = walk(app, query, 7)
+    expected = app.get(f"/records?limit=200&{query}").json["items"]
+    assert [r["id"] for r in walked] == [r["id"] for r in expected]
+    assert len(walked) == 45
+    keys = [(r[sort_by], r["id"]) for r in walked]
+    assert keys == sorted(keys, reverse=order == "desc")
+
+
+@pytest.mark.parametrize(("sort_by", "order"), [("created_at", "desc"), ("category", "asc"), ("source", "desc")])
+def test_cursor_keeps_the_filters(app, seeded, sort_by, order):
+    query = f"sort_by={sort_by}&sort_order={order}&status=pending&source=s1"
+    walked = walk(app, query, 4)
+    expected = app.get(f"/records?limit=200&{query}").json
+    assert [r["id"] for r in walked] == [r["id"] for r in expected["items"]]
+    assert len(walked) == expected["total"] > 4
+    assert all(r["status"] == "pending" and r["source"] == "s1" for r in walked)
+
+
+def test_next_cursor_is_null_on_the_page_with_the_last_row(app, seeded):
+    assert app.get("/records?limit=45").json["next_cursor"] is None
+    assert app.get("/records?limit=44").json["next_cursor"] is not None
+    assert app.get("/records?limit=5&offset=40").json["next_cursor"] is None
+    assert app.get("/records?category=none").json["next_cursor"] is None
+
+
+def test_offset_paging_also_offers_a_cursor(app, seeded):
+    page = app.get("/records?limit=10&offset=10&sort_order=asc").json
+    after = app.get(f"/records?limit=10&sort_order=asc&cursor={page['next_cursor']}").json
+    assert [r["id"] for r in after["items"]] == [
+        r["id"] for r in app.get("/records?limit=10&offset=20&sort_order=asc").json["items"]]
+
+
+def bad_cursor(app, query: str, cursor: str):
+    resp = app.get(f"/records?{query}&cursor={cursor}", expect_errors=True)
+    assert resp.status_int == 422, resp.text
+    assert resp.json["error"]["details"][0]["loc"] == ["query", "cursor"]
+    return resp.json["error"]["details"][0]["message"]
+
+
+def test_cursor_for_other_filters_or_sort_is_422(app, seeded):
+    cursor = app.get("/records?limit=5&status=pending").json["next_cursor"]
+    assert "other filters" in bad_cursor(app, "status=failed", cursor)
+    assert "other filters" in bad_cursor(app, "status=pending&sort_order=asc", cursor)
+    assert "other filters" in bad_cursor(app, "", cursor)
+
+
+def forge(payload: dict) -> str:
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=") + ".000000000000"
+
+
+@pytest.mark.parametrize("cursor", [
+    "garbage", "a.b", "%00", "x" * 2000, forge({"v": "a", "id": "b", "scope": "c"}), "e30.deadbeefdead",
+])
+def test_forged_or_malformed_cursor_is_422(app, seeded, cursor):
+    bad_cursor(app, "", cursor)
+
+
+def test_tampered_cursor_is_422(app, seeded):
+    cursor = app.get("/records?limit=5").json["next_cursor"]
+    body, checksum = cursor.split(".")
+    data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    data["v"] = "1999-01-01T00:00:00.000000Z"
+    bad_cursor(app, "", forge(data).split(".")[0] + "." + checksum)
+
+
+def test_cursor_and_offset_together_is_422(app, seeded):
+    cursor = app.get("/records?limit=5").json["next_cursor"]
+    resp = app.get(f"/records?offset=5&cursor={cursor}", expect_errors=True)
+    assert resp.status_int == 422 and resp.json["error"]["details"][0]["loc"] == ["query", "offset"]
+
+
+def read_csv(resp) -> list[dict]:
+    assert resp.content_type == "text/csv"
+    return list(csv.DictReader(io.StringIO(resp.text)))
+
+
+def test_csv_export_streams_every_matching_row(app, seeded):
+    rows = read_csv(app.get("/records?format=csv&sort_order=asc"))
+    assert len(rows) == 45
+    assert list(rows[0]) == ["id", "source", "category", "status", "classification", "score", "error",
+                             "attempts", "created_at", "updated_at", "processed_at", "payload", "result"]
+    first = app.get(f"/records/{rows[0]['id']}").json
+    assert json.loads(rows[0]["payload"]) == first["payload"]
+    assert [r["id"] for r in rows] == [r["id"] for r in app.get("/records?limit=200&sort_order=asc").json["items"]]
+
+
+def test_csv_by_accept_header_and_filters(app, seeded):
+    resp = app.get("/records?status=processed&category=c0", headers={"Accept": "text/csv"})
+    rows = read_csv(resp)
+    assert "attachment" in resp.headers["Content-Disposition"]
+    assert rows and all(r["status"] == "processed" and r["category"] == "c0" for r in rows)
+    assert len(rows) == app.get("/records?status=processed&category=c0").json["total"]
+    assert app.get("/records", headers={"Accept": "application/json, text/csv"}).content_type == "application/json"
+
+
+def test_csv_quotes_awkward_values(app):
+    app.post_json("/records", {"source": 'a,"b"\nc', "category": "=cmd()", "payload": {"t": "x,y\n\"z\""}})
+    rows = read_csv(app.get("/records?format=csv"))
+    assert rows[0]["source"] == 'a,"b"\nc' and rows[0]["category"] == "=cmd()"
+    assert json.loads(rows[0]["payload"]) == {"t": "x,y\n\"z\""}
+
+
+def test_csv_export_beyond_the_page_limit(app):
+    for _ in range(3):
+        app.post_json("/records/batch", {"records": [{"source": "s", "category": "c", "payload": {}}] * 100})
+    assert len(read_csv(app.get("/records?format=csv"))) == 300
+
+
+def test_bad_format_is_422(app):
+    resp = app.get("/records?format=xml", expect_errors=True)
+    assert resp.status_int == 422 and resp.json["error"]["details"][0]["loc"] == ["query", "format"]
+
+
+def test_summary_as_csv_matches_json(app, seeded):
+    report = app.get("/reports/summary?source=s1").json
+    rows = read_csv(app.get("/reports/summary?source=s1&format=csv"))
+    assert rows[0] == {"group": "total", "name": "all", **{k: str(v) for k, v in report["totals"].items()
+                                                           if k != "all"}, "count": str(report["totals"]["all"])}
+    by_category = [r for r in rows if r["group"] == "category"]
+    assert [(r["name"], int(r["count"])) for r in by_category] == [
+        (c["category"], c["count"]) for c in report["by_category"]]
+    assert read_csv(app.get("/reports/summary", headers={"Accept": "text/csv"}))[0]["group"] == "total"
