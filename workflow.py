@@ -97,7 +97,12 @@ def create_app(settings: Settings | None = None, processors: dict | None = None,
     db = db or open_database(settings)
     registry = build_registry(settings, processors)
 
-    app = WorkflowApp(middleware=[RequestContext(), APIKeyAuth(settings.api_keys)])
+    middleware = [RequestContext(), APIKeyAuth(settings.api_keys)]
+    if settings.cors_origins:  # off unless configured
+        middleware.append(falcon.CORSMiddleware(
+            allow_origins="*" if "*" in settings.cors_origins else list(settings.cors_origins),
+            expose_headers=["X-Request-ID", "Location", "Idempotent-Replayed"]))
+    app = WorkflowApp(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True  # /records/ answers like /records
     app.req_options.auto_parse_qs_csv = False
     app.add_error_handler(Exception, handle_error)

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 APP_ENVS = ("dev", "staging", "prod")
 _KEY_RE = re.compile(r"^[\x21-\x7e]{8,256}$")
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$")
 
 
 class ConfigError(Exception):
@@ -21,7 +22,7 @@ class ConfigError(Exception):
 class Settings:
     """Everything the service reads from its environment."""
 
-    database_url: str = "sqlite:///./workflow.db"
+    database_url: str = field(default="sqlite:///./workflow.db", repr=False)  # may hold a password
     log_level: str = "INFO"
     app_env: str = "dev"
     project_name: str = "Workflow Service"
@@ -34,6 +35,7 @@ class Settings:
     retry_base_seconds: float = 2.0
     idempotency_ttl_hours: float = 24.0
     web_concurrency: int = 2
+    cors_origins: tuple[str, ...] = ()
     category_schemas_dir: str = str(Path(__file__).resolve().parent.parent / "schemas" / "categories")
 
     @property
@@ -107,6 +109,10 @@ def settings_from_mapping(env: dict[str, str]) -> Settings:
     ttl = _number(env, "IDEMPOTENCY_TTL_HOURS", defaults.idempotency_ttl_hours, float, 24, 24 * 365)
 
     web_concurrency = _number(env, "WEB_CONCURRENCY", defaults.web_concurrency, int, 1, 64)
+    cors_origins = tuple(o.strip() for o in get("CORS_ORIGINS", "").split(",") if o.strip())
+    for origin in cors_origins:
+        if origin != "*" and not _ORIGIN_RE.match(origin):
+            raise ConfigError(f"CORS_ORIGINS entries must be * or like https://app.example.com, not {origin!r}")
     schemas_dir = get("CATEGORY_SCHEMAS_DIR", defaults.category_schemas_dir)
     if not Path(schemas_dir).is_dir():
         raise ConfigError(f"CATEGORY_SCHEMAS_DIR {schemas_dir!r} is not a directory")
@@ -126,6 +132,7 @@ def settings_from_mapping(env: dict[str, str]) -> Settings:
         retry_base_seconds=retry_base,
         idempotency_ttl_hours=ttl,
         web_concurrency=web_concurrency,
+        cors_origins=cors_origins,
     )
 
 
