@@ -4,7 +4,7 @@
   shared between two apps in one process.
 - `app` is the module-level app for `gunicorn workflow:app`, built on first
   access from the environment and `.env`.
-- `python -m workflow serve | migrate ... | worker | cleanup | import FILE` is the command line.
+- `python -m workflow serve | migrate ... | worker | cleanup | import FILE | audit` is the command line.
 """
 
 from __future__ import annotations
@@ -324,6 +324,23 @@ def cmd_import(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_audit(args, settings: Settings) -> int:
+    """Check that every record's status is the to_status of its last audit event."""
+    db = open_database(settings)
+    try:
+        with db.read(snapshot=True) as s:
+            mismatches = s.all("audit_mismatches")
+    except DatabaseUnavailable:
+        sys.stderr.write("workflow: audit: database unavailable\n")
+        return 1
+    finally:
+        db.close()
+    for row in mismatches:
+        print(f"{row['record_id']}: status {row['status']}, last event {row['last_event']}")
+    print(f"audit: {len(mismatches)} record(s) inconsistent" if mismatches else "audit: every record matches its trail")
+    return 1 if mismatches else 0
+
+
 def _positive(kind):
     def parse(text: str):
         value = kind(text)
@@ -362,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("cleanup", help="expire idempotency keys older than IDEMPOTENCY_TTL_HOURS")
 
+    commands.add_parser("audit", help="check every record's status against its audit trail")
+
     importer = commands.add_parser("import", help="import records from a CSV, TSV, JSON or NDJSON file")
     importer.add_argument("file")
     importer.add_argument("--format", choices=["csv", "tsv", "json", "ndjson"],
@@ -395,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_cleanup(args, settings)
     if args.command == "import":
         return cmd_import(args, settings)
+    if args.command == "audit":
+        return cmd_audit(args, settings)
     return 2
 
 

@@ -145,3 +145,9 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if REQUIRE_PG and _skipped_postgres(config):
         terminalreporter.write_line("FAILED: PostgreSQL tests were skipped but WORKFLOW_REQUIRE_POSTGRES=1", red=True)
+
+
+def audit_mismatches(db) -> list[dict]:
+    """Records whose status is not the to_status of their last event (SPEC: audit integrity)."""
+    with db.read(snapshot=True) as s:
+        return s.all("audit_mismatches")

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import empty_database_url, make_settings
+from conftest import audit_mismatches, empty_database_url, make_settings
 from serverutil import ROOT, json_lines, request, service_env, start_server, stop_server
 from webtest import TestApp
 
@@ -97,6 +97,7 @@ def test_twenty_concurrent_process_calls_have_one_winner(fresh_url, inspect, tmp
         stop_server(server)
     assert counted(count_file) == {rid: 1}
     assert terminal_events(inspect) == {rid: 1}
+    assert audit_mismatches(inspect.app.db) == []
     assert inspect.get(f"/records/{rid}").json["status"] == "processed"
 
 
@@ -131,6 +132,7 @@ def test_worker_processes_drain_5000_records_exactly_once(fresh_url, inspect, tm
     batches = [line for i in range(workers) for line in json_lines((tmp_path / f"w{i}.out").read_text())
                if line.get("event") == "worker.batch"]
     assert sum(b["claimed"] for b in batches) == 5000
+    assert audit_mismatches(inspect.app.db) == []
     assert all({"claimed", "processed", "failed", "duration_ms"} <= set(b) for b in batches)
 
 
@@ -162,6 +164,7 @@ def test_worker_killed_mid_batch_loses_and_repeats_nothing(fresh_url, inspect, t
     assert again.wait(timeout=300) == 0, (tmp_path / "again.out").read_text()[-2000:]
     assert status_counts(inspect) == {"all": 300, "pending": 0, "processed": 300, "failed": 0}
     assert terminal_events(inspect) == dict.fromkeys(ids, 1)
+    assert audit_mismatches(inspect.app.db) == []
     for rid in ids[::37]:
         trail = inspect.get(f"/records/{rid}/events").json["items"]
         assert [(e["from_status"], e["to_status"]) for e in trail] == [(None, "pending"), ("pending", "processed")]

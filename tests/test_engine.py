@@ -319,3 +319,24 @@ def test_cleanup_expires_only_old_keys(make_app):
     again = app.post_json("/records", {"source": "s", "category": "c", "payload": {}},
                           headers={"Idempotency-Key": "old"})
     assert "Idempotent-Replayed" not in again.headers
+
+
+def test_audit_command_finds_a_tampered_record(make_app, database_url):
+    import subprocess
+    import sys
+
+    from conftest import audit_mismatches
+    from serverutil import ROOT, service_env
+
+    app = make_app()
+    rec = app.post_json("/records", {"source": "s", "category": "c", "payload": {}}).json
+    app.post(f"/records/{rec['id']}/process")
+    assert audit_mismatches(app.app.db) == []
+    run = lambda: subprocess.run([sys.executable, "-m", "workflow", "audit"], cwd=ROOT, capture_output=True,  # noqa: E731
+                                 text=True, env=service_env(DATABASE_URL=database_url), timeout=60)
+    assert run().returncode == 0
+    with app.app.db.write() as s:  # what no API can do: change a status without an event
+        s.script(f"UPDATE records SET status = 'pending' WHERE id = '{rec['id']}'")
+    assert [m["record_id"] for m in audit_mismatches(app.app.db)] == [rec["id"]]
+    result = run()
+    assert result.returncode == 1 and rec["id"] in result.stdout
