@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test lint migrate clean
+.PHONY: run test lint migrate bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: $(VENV)/.dev-installed
 
 migrate: $(VENV)/.runtime-installed
 	$(BIN)/python -m workflow migrate up
+
+## The benchmark (needs wrk: apt-get install -y wrk); see docs/benchmarks.md.
+bench: $(VENV)/.runtime-installed
+	$(BIN)/python bench/run.py --quick --databases sqlite,postgresql --peer ../shared/peers/fastapi_ref
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

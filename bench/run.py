@@ -1,0 +1,568 @@
+"""Load-test the workflow service with wrk, beside its ceiling and the FastAPI peer.
+
+    .venv/bin/python bench/run.py [--quick] [--records N] [--duration S] [--repeat K]
+        [--peer PATH] [--databases sqlite,postgresql] [--output docs/benchmarks.md]
+
+Per database: a throw-away SQLite file or PostgreSQL database, the service under
+gunicorn (2 workers), N records seeded through POST /records/batch and about half
+of them processed by `workflow worker --once`; then the ceiling (bench/ceiling_app.py)
+and, with --peer, the FastAPI peer on a copy of the same rows. All servers run at
+once and are idle but for the one under load; each scenario is run --repeat times
+per server, interleaved, and the median kept. Traffic goes to 127.0.0.1 only.
+docs/benchmarks.md says how to read the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+PG_ADMIN = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+CATEGORIES = [f"c{i}" for i in range(10)]
+SOURCES = ["api", "import", "webhook", "batch", "partner"]
+FILTERED = "/records?status=processed&category=c3&sort_by=created_at&sort_order=asc&limit=50"
+
+PATTERNS = {"get": "/records/[0-9a-f-]+", "create": "/records", "batch": "/records/batch",
+            "process": "/records/[0-9a-f-]+/process"}
+# key, label, which servers have it ("svc", "ceil", "peer"); the path is set in main() for offset/cursor.
+SCENARIOS = [
+    ("health", "health", {"svc", "peer"}),
+    ("get", "get by id", {"svc", "ceil", "peer"}),
+    ("first_page", "first page", {"svc", "peer"}),
+    ("filtered", "filtered + sorted", {"svc", "peer"}),
+    ("offset", "offset 90 %", {"svc", "peer"}),
+    ("cursor", "cursor page (deep)", {"svc"}),
+    ("summary", "summary report", {"svc", "peer"}),
+    ("timeseries", "time series (day)", {"svc"}),
+    ("create", "create (single)", {"svc", "peer"}),
+    ("batch", "batch create (100)", {"svc"}),
+    ("process", "process", {"svc", "peer"}),
+]
+
+DONE_LUA = """
+function done(s, latency, requests)
+  io.write(string.format('BENCHJSON {"requests":%d,"duration_us":%d,"non2xx":%d,"connect":%d,"read":%d,'
+    .. '"write":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}\\n', s.requests, s.duration, s.errors.status,
+    s.errors.connect, s.errors.read, s.errors.write, s.errors.timeout, latency:percentile(50),
+    latency:percentile(99)))
+end
+"""
+IDS_LUA = """
+local ids = {}
+for line in io.lines("%(file)s") do ids[#ids + 1] = line end
+local counter = 0
+function setup(thread) thread:set("tid", counter); counter = counter + 1 end
+"""
+GET_LUA = IDS_LUA + """
+function init(args) math.randomseed(os.time() + tid * 7919) end
+function request() return wrk.format("GET", "/records/" .. ids[math.random(#ids)]) end
+"""
+# Each thread walks its own slice of fresh pending ids; past the end it starts over (409s).
+PROCESS_LUA = IDS_LUA + """
+function init(args) i = tid + 1 end
+function request()
+  local id = ids[((i - 1) %% #ids) + 1]
+  i = i + %(threads)d
+  return wrk.format("POST", "/records/" .. id .. "/process")
+end
+"""
+POST_LUA = """
+local bodies = %(bodies)s
+local n = 0
+function request()
+  n = n + 1
+  return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"}, bodies[(n %% #bodies) + 1])
+end
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def http(method: str, url: str, body=None, timeout: float = 120.0) -> tuple[int, bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+class Server:
+    """One server process (gunicorn or uvicorn master) in its own session; stopped by its PID."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, cwd: Path, logdir: Path, port: int, ready: str):
+        self.name, self.port, self.log = name, port, logdir / f"{name}.log"
+        self.base = f"http://{HOST}:{port}"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        for _ in range(300):  # 30 s at most
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited early:\n{self.log.read_text(errors='replace')[-2000:]}")
+            try:
+                if http("GET", self.base + ready, timeout=5)[0] < 500:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{name} did not answer {ready} within 30 s")
+
+    def worker_peaks_mib(self) -> list[float]:
+        """VmHWM of each child of the master (the workers), in MiB."""
+        peaks = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) != self.proc.pid:
+                    continue
+                cmdline = (stat.parent / "cmdline").read_bytes()
+                if b"resource_tracker" in cmdline:
+                    continue
+                status = (stat.parent / "status").read_text()
+            except (OSError, IndexError, ValueError):
+                continue
+            match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+            if match:
+                peaks.append(round(int(match.group(1)) / 1024, 1))
+        return sorted(peaks)
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size
+
+    def status_counts(self, start: int, path: str) -> dict[str, int]:
+        """Status codes of the service's `request.end` log lines since offset `start` whose path matches."""
+        counts: dict[str, int] = {}
+        time.sleep(0.3)  # let the last in-flight requests log
+        pattern = rb'"event": "request.end".*"path": "' + path.encode() \
+            + rb'".*"status_code": (\d+)'
+        with open(self.log, "rb") as fh:
+            fh.seek(start)
+            for line in fh:
+                match = re.search(pattern, line)
+                if match:
+                    counts[match.group(1).decode()] = counts.get(match.group(1).decode(), 0) + 1
+        return counts
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own group: its workers only
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+
+
+# ----------------------------------------------------------------- databases
+
+
+def pg_admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql)
+
+
+def pg_url(dbname: str) -> str:
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + dbname
+
+
+def query(url: str, sql: str) -> list[tuple]:
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(url[len("sqlite:///"):], timeout=30) as conn:
+            return conn.execute(sql).fetchall()
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def fresh_pending_ids(url: str, limit: int) -> list[str]:
+    return [str(r[0]) for r in query(url, f"SELECT id FROM records WHERE status = 'pending' "
+                                          f"ORDER BY random() LIMIT {int(limit)}")]
+
+
+def make_record(rng: random.Random) -> dict:
+    roll = rng.random()
+    priority = (rng.randint(0, 10) if roll < 0.8 else str(rng.randint(0, 10)) if roll < 0.93
+                else "urgent" if roll < 0.98 else None)  # ~5 % invalid -> failed
+    payload = {"ref": f"INV-{rng.randint(1, 10**6)}", "amount": round(rng.uniform(1, 5000), 2)}
+    if priority is not None:
+        payload["priority"] = priority
+    return {"source": rng.choice(SOURCES), "category": rng.choice(CATEGORIES), "payload": payload}
+
+
+def seed(base: str, count: int, rng: random.Random) -> None:
+    for start in range(0, count, 1000):
+        batch = [make_record(rng) for _ in range(min(1000, count - start))]
+        status, body = http("POST", base + "/records/batch", {"records": batch})
+        if status != 201:
+            raise RuntimeError(f"seeding: POST /records/batch -> {status}: {body[:300]!r}")
+
+
+PEER_COLUMNS = "id, source, category, payload, status, result, classification, score, error, " \
+               "created_at, updated_at, processed_at"
+
+
+def copy_to_peer(src: str, dst: str) -> None:
+    """Copy the service's seeded rows into the peer's `records` table (its own schema)."""
+    if src.startswith("sqlite:///"):
+        conv = {c: f"replace(replace({c}, 'T', ' '), 'Z', '')" for c in ("created_at", "updated_at", "processed_at")}
+        cols = ", ".join(conv.get(c.strip(), c.strip()) for c in PEER_COLUMNS.split(","))
+        with sqlite3.connect(dst[len("sqlite:///"):]) as conn:
+            conn.execute("ATTACH DATABASE ? AS svc", (src[len("sqlite:///"):],))
+            conn.execute(f"INSERT INTO records ({PEER_COLUMNS}) SELECT {cols} FROM svc.records")
+        return
+    import psycopg
+
+    select = PEER_COLUMNS.replace("id,", "id::text,", 1).replace("payload", "payload::text") \
+        .replace("result,", "result::text,")
+    with psycopg.connect(src) as s, psycopg.connect(dst) as d:
+        with s.cursor(name="copy") as cur, d.cursor().copy(f"COPY records ({PEER_COLUMNS}) FROM STDIN") as cp:
+            cur.execute(f"SELECT {select} FROM records")
+            for row in cur:
+                cp.write_row(row)
+    with psycopg.connect(dst, autocommit=True) as d:
+        d.execute("ANALYZE records")
+
+
+# ----------------------------------------------------------------------- wrk
+
+
+def run_wrk(url: str, script: Path, args) -> dict:
+    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "30s",
+            "--latency", "-s", str(script), url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=args.duration + 90).stdout
+    line = next((ln for ln in out.splitlines() if ln.startswith("BENCHJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{out[-1500:]}")
+    res = json.loads(line[len("BENCHJSON "):])
+    secs = res["duration_us"] / 1e6
+    res["rps"] = round(res["requests"] / secs, 1)
+    res["ok_rps"] = round((res["requests"] - res["non2xx"]) / secs, 1)
+    return res
+
+
+def lua(tmp: Path, name: str, body: str) -> Path:
+    path = tmp / f"{name}.lua"
+    path.write_text(body + DONE_LUA)
+    return path
+
+
+def post_script(tmp: Path, name: str, path: str, bodies: list) -> Path:
+    items = ", ".join("[==[" + json.dumps(b) + "]==]" for b in bodies)
+    return lua(tmp, name, POST_LUA % {"bodies": "{" + items + "}", "path": path})
+
+
+def probe(base: str, path: str) -> bool:
+    try:
+        return http("GET", base + path, timeout=60)[0] == 200
+    except OSError:
+        return False
+
+
+def deep_cursor(base: str, depth: int, budget_s: float = 60.0) -> str | None:
+    """Walk the keyset pages (200 a page) to about `depth` rows; None if there is no cursor."""
+    status, body = http("GET", base + "/records?limit=200")
+    cursor = json.loads(body).get("next_cursor") if status == 200 else None
+    deadline, seen = time.monotonic() + budget_s, 200
+    for _ in range(depth // 200):
+        if not cursor or seen >= depth or time.monotonic() > deadline:
+            break
+        status, body = http("GET", base + "/records?limit=200&cursor=" + urllib.request.quote(cursor))
+        nxt = json.loads(body).get("next_cursor") if status == 200 else None
+        if not nxt:
+            break
+        cursor, seen = nxt, seen + 200
+    return cursor
+
+
+# ---------------------------------------------------------------------- peer
+
+
+def ensure_peer_venv(peer: Path) -> Path:
+    venv = ROOT / ".venv-peer"
+    if not (venv / "bin" / "uvicorn").exists():
+        log(f"creating {venv} for the peer (pip install -r {peer / 'requirements.txt'})")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin/pip"), "install", "-q", "-r", str(peer / "requirements.txt")],
+                       check=True, timeout=900)
+    return venv
+
+
+# ---------------------------------------------------------------------- main
+
+
+def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
+    n = args.records
+    rng = random.Random(42)
+    pg_names = []
+    if kind == "sqlite":
+        svc_url, peer_url = f"sqlite:///{tmp}/service.db", f"sqlite:///{tmp}/peer.db"
+    else:
+        tag = f"wf_bench_{os.getpid()}"
+        pg_names = [tag + "_svc", tag + "_peer"]
+        for name in pg_names:
+            pg_admin(f'CREATE DATABASE "{name}"')
+        svc_url, peer_url = pg_url(pg_names[0]), pg_url(pg_names[1])
+    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "APP_ENV", "WEB_CONCURRENCY")}
+    env.update(DATABASE_URL=svc_url, API_KEY="", APP_ENV="", LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+    servers: dict[str, Server] = {}
+    logs = tmp / kind
+    logs.mkdir()
+    results: dict = {"database": kind, "records": n, "scenarios": {}}
+    try:
+        port = free_port()
+        servers["svc"] = Server("service", [sys.executable, "-m", "workflow", "serve", "--host", HOST, "--port",
+                                            str(port), "--workers", "2"], env, ROOT, logs, port, "/health")
+        t0 = time.monotonic()
+        seed(servers["svc"].base, n // 2, rng)
+        worker = subprocess.run([sys.executable, "-m", "workflow", "worker", "--once", "--batch-size", "500",
+                                 "--concurrency", "2"], env=env, cwd=ROOT, capture_output=True, text=True,
+                                timeout=1800)
+        seed(servers["svc"].base, n - n // 2, rng)
+        results["seed_seconds"] = round(time.monotonic() - t0, 1)
+        results["worker"] = worker.stdout.strip().splitlines()[-1:] or [worker.stderr[-300:]]
+        results["statuses"] = dict(query(svc_url, "SELECT status, count(*) FROM records GROUP BY status"))
+        log(f"{kind}: seeded {n} records in {results['seed_seconds']} s, statuses {results['statuses']}")
+        ids = [str(r[0]) for r in query(svc_url, "SELECT id FROM records")]
+        ids_file = tmp / f"ids-{kind}.txt"
+        ids_file.write_text("\n".join(ids) + "\n")
+
+        port = free_port()
+        cenv = dict(env, CEILING_DATABASE_URL=svc_url)
+        servers["ceil"] = Server("ceiling", [sys.executable, "-m", "gunicorn", "ceiling_app:app", "--chdir",
+                                             str(ROOT / "bench"), "--bind", f"{HOST}:{port}", "--workers", "2",
+                                             "--log-level", "warning"], cenv, ROOT, logs, port, "/records/" + ids[0])
+        if peer:
+            venv = ensure_peer_venv(peer)
+            penv = dict(env, DATABASE_URL=peer_url)
+            subprocess.run([str(venv / "bin/python"), str(peer / "app.py"), "initdb"], env=penv, cwd=tmp,
+                           check=True, capture_output=True, timeout=120)
+            copy_to_peer(svc_url, peer_url)
+            port = free_port()
+            servers["peer"] = Server("peer", [str(venv / "bin/uvicorn"), "--app-dir", str(peer), "app:app",
+                                              "--host", HOST, "--port", str(port), "--workers", "2"],
+                                     penv, tmp, logs, port, "/health")
+
+        base = servers["svc"].base
+        offset = int(n * 0.9)
+        paths = {"health": "/health", "first_page": "/records", "filtered": FILTERED,
+                 "offset": f"/records?offset={offset}", "summary": "/reports/summary",
+                 "timeseries": "/reports/timeseries?bucket=day"}
+        scripts = {key: lua(tmp, f"{kind}-{key}", "") for key in paths}
+        scripts["get"] = lua(tmp, f"{kind}-get", GET_LUA % {"file": ids_file})
+        scripts["create"] = post_script(tmp, f"{kind}-create", "/records", [make_record(rng) for _ in range(20)])
+        scripts["batch"] = post_script(tmp, f"{kind}-batch", "/records/batch",
+                                       [{"records": [make_record(rng) for _ in range(100)]} for _ in range(5)])
+        available = {k: probe(base, p) for k, p in paths.items()}
+        cursor = deep_cursor(base, offset) if probe(base, "/records?limit=1") else None
+        available["cursor"] = bool(cursor)
+        if cursor:
+            paths["cursor"] = "/records?cursor=" + urllib.request.quote(cursor)
+            scripts["cursor"] = lua(tmp, f"{kind}-cursor", "")
+        missing = [k for k, ok in available.items() if not ok]
+        if missing:
+            log(f"{kind}: not served, marked n/a: {', '.join(missing)}")
+
+        for key, label, where in SCENARIOS:
+            row = results["scenarios"].setdefault(key, {"label": label})
+            if not available.get(key, True):
+                row["svc"] = None
+                continue
+            for rep in range(args.repeat):
+                for who in ("svc", "ceil", "peer"):
+                    if who not in where or who not in servers:
+                        continue
+                    srv = servers[who]
+                    script = scripts.get(key)
+                    if key == "process":
+                        db = svc_url if who == "svc" else peer_url
+                        pend = fresh_pending_ids(db, 2000 * args.duration)
+                        script = tmp / f"{kind}-{who}-process-{rep}.lua"
+                        (tmp / f"{script.stem}.txt").write_text("\n".join(pend) + "\n")
+                        script = lua(tmp, script.stem, PROCESS_LUA % {"file": tmp / f"{script.stem}.txt",
+                                                                       "threads": args.threads})
+                    start = srv.log_size()
+                    res = run_wrk(srv.base + paths.get(key, ""), script, args)
+                    if who == "svc":
+                        res["statuses"] = srv.status_counts(
+                            start, PATTERNS.get(key) or re.escape(paths[key].split("?")[0]))
+                    res["worker_peak_mib"] = srv.worker_peaks_mib()
+                    row.setdefault(who + "_runs", []).append(res)
+                    log(f"{kind} {label:<20} {srv.name:<8} run {rep + 1}: {res['rps']:>8} req/s "
+                        f"p50 {res['p50_us'] / 1000:.1f} ms p99 {res['p99_us'] / 1000:.1f} ms "
+                        f"non-2xx {res['non2xx']}")
+            for who in ("svc", "ceil", "peer"):
+                runs = row.get(who + "_runs")
+                if runs:
+                    row[who] = {"rps": statistics.median(r["rps"] for r in runs),
+                                "ok_rps": statistics.median(r["ok_rps"] for r in runs),
+                                "p50_ms": statistics.median(r["p50_us"] for r in runs) / 1000,
+                                "p99_ms": statistics.median(r["p99_us"] for r in runs) / 1000,
+                                "non2xx": sum(r["non2xx"] for r in runs),
+                                "peak_mib": max(max(r["worker_peak_mib"] or [0]) for r in runs)}
+        svc_statuses: dict[str, int] = {}
+        for row in results["scenarios"].values():
+            for r in row.get("svc_runs", []):
+                for code, cnt in r.get("statuses", {}).items():
+                    if code.startswith("5"):
+                        svc_statuses[code] = svc_statuses.get(code, 0) + cnt
+        results["service_5xx"] = svc_statuses
+        tail = [ln for ln in servers["svc"].log.read_text(errors="replace").splitlines()
+                if '"level": "error"' in ln or "Traceback" in ln or "[CRITICAL]" in ln or "WORKER TIMEOUT" in ln]
+        results["service_errors"] = tail[:20]
+    finally:
+        for srv in servers.values():
+            srv.stop()
+        for name in pg_names:
+            try:
+                pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                log(f"could not drop {name}: {exc}")
+    return results
+
+
+def ratio(a, b) -> str:
+    return f"{a / b:.2f}×" if a and b else "n/a"
+
+
+def fmt(x, spec=".0f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def render(all_results: list[dict], args, peer) -> str:
+    lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `{' '.join(sys.argv[1:]) or '(defaults)'}`"
+             f" — {args.records:,} records, {args.duration} s × {args.repeat} per scenario and server, "
+             f"wrk -t{args.threads} -c{args.connections}, medians. Peer: {peer or 'not measured'}.", ""]
+    for res in all_results:
+        sc = res["scenarios"]
+        get = sc["get"]
+        lines += [f"### {res['database']}", "",
+                  f"Seeded in {res['seed_seconds']} s; statuses {res['statuses']}.", "",
+                  "| scenario | req/s | p50 ms | p99 ms | non-2xx | worker peak MiB | peer req/s | peer p99 ms "
+                  "| peer non-2xx | peer MiB | vs peer |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for key, row in sc.items():
+            s, p = row.get("svc"), row.get("peer")
+            label = row["label"]
+            if key == "process" and row.get("svc_runs"):
+                codes: dict[str, int] = {}
+                for r in row["svc_runs"]:
+                    for c, k in r.get("statuses", {}).items():
+                        codes[c] = codes.get(c, 0) + k
+                label += " (" + ", ".join(f"{c}: {k}" for c, k in sorted(codes.items())) + ")"
+            if s is None:
+                lines.append(f"| {label} | n/a | | | | | | | | | |")
+                continue
+            lines.append(
+                f"| {label} | {fmt(s['rps'])} | {fmt(s['p50_ms'], '.1f')} | {fmt(s['p99_ms'], '.1f')} | "
+                f"{s['non2xx']} | {s['peak_mib']} | {fmt(p and p['rps'])} | {fmt(p and p['p99_ms'], '.1f')} | "
+                f"{p['non2xx'] if p else 'n/a'} | {p['peak_mib'] if p else 'n/a'} | "
+                f"{ratio(s['ok_rps'], p and p['ok_rps'])} |")
+        ceil, svc = get.get("ceil"), get.get("svc")
+        batch, single = sc["batch"].get("svc"), sc["create"].get("svc")
+        lines += ["", f"- get by id vs ceiling (bare Falcon + one point query, {fmt(ceil and ceil['rps'])} req/s): "
+                      f"**{ratio(svc and svc['rps'], ceil and ceil['rps'])}**"]
+        if batch and single:
+            lines.append(f"- batch create: {batch['ok_rps'] * 100:,.0f} records/s vs single create "
+                         f"{single['ok_rps']:,.0f} records/s: **{ratio(batch['ok_rps'] * 100, single['ok_rps'])}** "
+                         f"per record (target ≥ 20×)")
+        if res["service_5xx"] or res["service_errors"]:
+            lines.append(f"- service 5xx: {res['service_5xx'] or 'none'}; error log lines: "
+                         f"{len(res['service_errors'])} (first in the JSON below)")
+        lines.append("")
+    raw = [{k: v for k, v in r.items()} for r in all_results]
+    lines += ["<details><summary>Raw results (JSON)</summary>", "", "```json", json.dumps(raw, indent=1), "```",
+              "", "</details>"]
+    return "\n".join(lines)
+
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def write_doc(path: Path, results_md: str) -> None:
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n## Results\n\n{START}\n{END}\n"
+    if START not in text:
+        text += f"\n## Results\n\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1] if END in rest else ""
+    path.write_text(f"{head}{START}\n{results_md}\n{END}{tail}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="10,000 records, 3 s, 1 repeat")
+    ap.add_argument("--records", type=int)
+    ap.add_argument("--duration", type=int)
+    ap.add_argument("--repeat", type=int)
+    ap.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    ap.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
+    ap.add_argument("--peer", help="path of the FastAPI peer (relative to the repository or absolute)")
+    ap.add_argument("--databases", default="sqlite")
+    ap.add_argument("--output", default="docs/benchmarks.md")
+    args = ap.parse_args()
+    args.records = args.records or (10_000 if args.quick else 100_000)
+    args.duration = args.duration or (3 if args.quick else 10)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    if not shutil.which("wrk"):
+        sys.stderr.write("bench: wrk is not installed; install it with `apt-get install -y wrk` (as root)\n")
+        return 2
+    peer = None
+    if args.peer:
+        peer = Path(args.peer) if Path(args.peer).is_absolute() else (ROOT / args.peer).resolve()
+        if not (peer / "app.py").exists():
+            sys.stderr.write(f"bench: no peer app at {peer}\n")
+            return 2
+    results = []
+    with tempfile.TemporaryDirectory(prefix="wf-bench-") as tmp:
+        for kind in [d.strip() for d in args.databases.split(",") if d.strip()]:
+            if kind not in ("sqlite", "postgresql"):
+                sys.stderr.write(f"bench: unknown database {kind!r}\n")
+                return 2
+            results.append(bench_database(kind, args, Path(tmp), peer))
+    md = render(results, args, peer and os.path.relpath(peer, ROOT))
+    print(md.split("<details>")[0])
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / time.strftime("%Y%m%d-%H%M%S.json")).write_text(json.dumps(results, indent=1))
+    write_doc(ROOT / args.output, md)
+    log(f"wrote {args.output} and bench/results/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
