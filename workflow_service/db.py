@@ -148,7 +148,7 @@ class SQLiteDatabase(Database):
                 check_same_thread=True,
             )
             conn.row_factory = sqlite3.Row
-            for name in ("pragma.journal_mode", "pragma.synchronous", "pragma.foreign_keys"):
+            for name in ("pragma.journal_mode", "pragma.synchronous", "pragma.foreign_keys", "pragma.cache_size"):
                 conn.execute(self.queries[name])
         except sqlite3.Error as exc:
             log.error("sqlite.connect_failed", extra={"fields": {"error": str(exc), "path": self.path}})

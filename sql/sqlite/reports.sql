@@ -50,5 +50,5 @@ GROUP BY 1, 2;
 
 -- name: latest_failures
 -- The most recent failures, newest first, for the dashboard.
-SELECT {record_columns} FROM records WHERE status = 'failed'
+SELECT {record_columns} FROM records WHERE status = 'failed' AND processed_at IS NOT NULL
 ORDER BY processed_at DESC, id DESC LIMIT :limit;

@@ -23,3 +23,8 @@ BEGIN IMMEDIATE;
 -- name: ping
 -- Health check.
 SELECT 1 AS ok;
+
+-- name: pragma.cache_size
+-- 64 MiB of page cache per connection (the default is 2 MiB): random-uuid index inserts
+-- touch pages all over the file, and a small cache turns them into reads and spills.
+PRAGMA cache_size = -65536;
