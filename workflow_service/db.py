@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -127,7 +128,13 @@ def split_sqlite_statements(text: str) -> list[str]:
 
 
 class SQLiteDatabase(Database):
-    """One connection per thread and process, reused for every request."""
+    """Two connections per thread and process (one reads, one writes), reused for every request.
+
+    Writers in one process queue on a lock instead of on SQLite's busy handler,
+    whose sleeps (1, 2, 5, 10 ms...) would turn every collision into latency;
+    across processes the writer retries BEGIN IMMEDIATE with short, growing
+    pauses until DB_TIMEOUT_SECONDS, then gives up with a 503.
+    """
 
     dialect = "sqlite"
 
@@ -135,15 +142,20 @@ class SQLiteDatabase(Database):
         super().__init__(settings)
         self.path = settings.database_url[len("sqlite:///") :]
         self._local = threading.local()
+        self._write_lock = threading.Lock()
 
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+    def _connection(self, role: str = "read") -> sqlite3.Connection:
+        conn = getattr(self._local, role, None)
         if conn is not None and self._local.pid == os.getpid():
             return conn
+        if getattr(self._local, "pid", None) != os.getpid():  # forked: the parent's connections are not ours
+            self._local.read = self._local.write = None
+            self._local.pid = os.getpid()
         try:
             conn = sqlite3.connect(
                 self.path,
-                timeout=self.settings.db_timeout_seconds,
+                # The writer handles "busy" itself (see write()); readers rarely meet it in WAL mode.
+                timeout=0 if role == "write" else self.settings.db_timeout_seconds,
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
                 check_same_thread=True,
             )
@@ -153,15 +165,17 @@ class SQLiteDatabase(Database):
         except sqlite3.Error as exc:
             log.error("sqlite.connect_failed", extra={"fields": {"error": str(exc), "path": self.path}})
             raise DatabaseUnavailable() from exc
-        self._local.conn, self._local.pid = conn, os.getpid()
+        setattr(self._local, role, conn)
         return conn
 
     @contextmanager
-    def _unit(self, begin: str | None):
+    def _unit(self, conn_role: str, begin: str | None, deadline: float | None = None):
         try:
-            conn = self._connection()
+            conn = self._connection(conn_role)
             cur = conn.cursor()
-            if begin:
+            if begin == "begin_write":
+                self._begin_immediate(cur, deadline)
+            elif begin:
                 cur.execute(self.queries[begin])
             try:
                 yield _SQLiteSession(cur, self.queries)
@@ -172,28 +186,52 @@ class SQLiteDatabase(Database):
             if conn.in_transaction:
                 conn.commit()
         except sqlite3.OperationalError as exc:
-            # Locked past the busy timeout, disk full, read-only file, missing table...
+            # Locked past the timeout, disk full, read-only file, missing table...
             log.error("sqlite.unavailable", extra={"fields": {"error": str(exc)}})
             raise DatabaseUnavailable() from exc
 
+    def _begin_immediate(self, cur, deadline: float) -> None:
+        pause = 0.00005
+        while True:
+            try:
+                cur.execute(self.queries["begin_write"])
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 0.002)
+
     def read(self, snapshot: bool = False):
         """A read; `snapshot=True` keeps several statements consistent."""
-        return self._unit("begin_read" if snapshot else None)
+        return self._unit("read", "begin_read" if snapshot else None)
 
+    @contextmanager
     def write(self):
         """A write transaction holding SQLite's write lock from the start."""
-        return self._unit("begin_write")
+        deadline = time.monotonic() + self.settings.db_timeout_seconds
+        if not self._write_lock.acquire(timeout=self.settings.db_timeout_seconds):
+            log.error("sqlite.unavailable", extra={"fields": {"error": "write lock wait timed out"}})
+            raise DatabaseUnavailable()
+        try:
+            with self._unit("write", "begin_write", deadline) as session:
+                yield session
+        finally:
+            self._write_lock.release()
 
     def release_thread(self) -> None:
         """Close the calling thread's connection."""
         self.close()
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close this thread's connections."""
+        for role in ("read", "write"):
+            conn = getattr(self._local, role, None)
+            if conn is not None:
+                conn.close()
+                setattr(self._local, role, None)
 
 
 def postgres_conninfo(url: str, timeout: float) -> tuple[str, int, int]:

@@ -55,9 +55,13 @@ ORDER BY records.available_at, records.id
 LIMIT %(limit)s FOR UPDATE SKIP LOCKED;
 
 -- name: list_records
--- One page of records; {filters} and {order} are whitelisted fragments below.
-SELECT {record_columns} FROM records WHERE {filters} ORDER BY {order}
-LIMIT %(limit)s OFFSET %(offset)s;
+-- One page of records; {filters} and {order} are whitelisted fragments below. The page's ids
+-- are found first, so rows skipped by OFFSET are never formatted (PostgreSQL would compute
+-- the select list of every skipped row).
+SELECT {record_columns}
+FROM (SELECT id FROM records WHERE {filters} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s) AS page
+JOIN records USING (id)
+ORDER BY {order};
 
 -- name: count_records
 -- How many records match the filters.
