@@ -330,6 +330,7 @@ def cmd_audit(args, settings: Settings) -> int:
     try:
         with db.read(snapshot=True) as s:
             mismatches = s.all("audit_mismatches")
+            miscounted = s.all("audit_count_mismatches")
     except DatabaseUnavailable:
         sys.stderr.write("workflow: audit: database unavailable\n")
         return 1
@@ -337,8 +338,12 @@ def cmd_audit(args, settings: Settings) -> int:
         db.close()
     for row in mismatches:
         print(f"{row['record_id']}: status {row['status']}, last event {row['last_event']}")
+    for row in miscounted:
+        print(f"counts: {row['category']}/{row['source']}/{row['status']}: {row['actual']} records, "
+              f"counted {row['counted']}")
     print(f"audit: {len(mismatches)} record(s) inconsistent" if mismatches else "audit: every record matches its trail")
-    return 1 if mismatches else 0
+    print(f"audit: {len(miscounted)} count(s) wrong" if miscounted else "audit: the maintained counts are exact")
+    return 1 if mismatches or miscounted else 0
 
 
 def _positive(kind):

@@ -148,6 +148,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 def audit_mismatches(db) -> list[dict]:
-    """Records whose status is not the to_status of their last event (SPEC: audit integrity)."""
+    """Records whose status is not the to_status of their last event (SPEC: audit integrity),
+    and groups whose maintained count is wrong."""
     with db.read(snapshot=True) as s:
-        return s.all("audit_mismatches")
+        return s.all("audit_mismatches") + s.all("audit_count_mismatches")

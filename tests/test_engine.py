@@ -337,6 +337,27 @@ def test_audit_command_finds_a_tampered_record(make_app, database_url):
     assert run().returncode == 0
     with app.app.db.write() as s:  # what no API can do: change a status without an event
         s.script(f"UPDATE records SET status = 'pending' WHERE id = '{rec['id']}'")
-    assert [m["record_id"] for m in audit_mismatches(app.app.db)] == [rec["id"]]
+    assert [m.get("record_id") for m in audit_mismatches(app.app.db)] == [rec["id"]]
     result = run()
     assert result.returncode == 1 and rec["id"] in result.stdout
+
+
+def test_maintained_counts_follow_every_change_and_the_audit_checks_them(make_app):
+    from conftest import audit_mismatches
+
+    app = make_app()
+    ids = [r["id"] for r in app.post_json("/records/batch", {"records": [
+        {"source": f"s{i % 2}", "category": f"c{i % 3}", "payload": {"priority": "x" if i % 4 == 0 else i}}
+        for i in range(12)]}).json["items"]]
+    for rid in ids[:8]:
+        app.post(f"/records/{rid}/process")
+    app.post(f"/records/{ids[0]}/retry")
+    assert audit_mismatches(app.app.db) == []
+    with app.app.db.read() as s:
+        truth = s.all_sql("SELECT category, source, status, count(*) AS n FROM records GROUP BY 1, 2, 3")
+    summary = app.get("/reports/summary").json
+    assert summary["totals"]["all"] == 12 == sum(row["n"] for row in truth)
+    assert app.get("/records?status=failed").json["total"] == sum(r["n"] for r in truth if r["status"] == "failed")
+    with app.app.db.write() as s:  # a counter that drifted would be found
+        s.script("UPDATE record_counts SET n = n + 1 WHERE status = 'pending'")
+    assert any("counted" in m for m in audit_mismatches(app.app.db))

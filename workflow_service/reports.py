@@ -26,7 +26,7 @@ def _group(rows: list[dict], dimension: str) -> list[dict]:
         entry = groups.setdefault(row["key"], {dimension: row["key"], "count": 0, **dict.fromkeys(STATUSES, 0)})
         entry["count"] += row["n"]
         entry[row["status"]] += row["n"]
-    return [groups[key] for key in sorted(groups)]
+    return [groups[key] for key in sorted(groups) if groups[key]["count"]]
 
 
 def check_range(query: dict) -> None:
@@ -36,11 +36,20 @@ def check_range(query: dict) -> None:
 
 
 def summary(db: Database, query: dict, now: Callable[[], str] = utc_now_text) -> dict:
-    """Totals, by category and by source, from one statement (so one snapshot)."""
+    """Totals, by category and by source, from one statement (so one snapshot).
+
+    Without a date filter the maintained counts answer (a few rows, whatever the
+    size of the table); with one, the records themselves are grouped.
+    """
     check_range(query)
     filters, params = filter_fragments(query, "date_from", "date_to")
     with db.read() as s:
-        rows = s.all_sql(s.queries.compose("summary_counts", filters=filters), params)
+        if any(f.startswith("filter.created") for f in filters):
+            rows = s.all_sql(s.queries.compose("summary_counts", filters=filters), params)
+        else:
+            counts = s.all_sql(s.queries.compose("summary_from_counts", filters=filters), params)
+            rows = [{"dimension": dimension, "key": row[dimension], "status": row["status"], "n": row["n"]}
+                    for row in counts if row["n"] for dimension in ("category", "source")]
     by_category = _group(rows, "category")
     totals = {"all": sum(c["count"] for c in by_category)}
     totals.update({status: sum(c[status] for c in by_category) for status in STATUSES})

@@ -53,3 +53,13 @@ GROUP BY 1, 2;
 -- The most recent failures, newest first, for the dashboard.
 SELECT {record_columns} FROM records WHERE status = 'failed' AND processed_at IS NOT NULL
 ORDER BY records.processed_at DESC, records.id DESC LIMIT %(limit)s;
+
+-- name: count_from_counts
+-- How many records match status/category/source filters, from the maintained counts.
+SELECT coalesce(sum(n), 0)::bigint AS total FROM record_counts WHERE {filters};
+
+-- name: summary_from_counts
+-- Per category, source and status, from the maintained counts (no date filter).
+SELECT category, source, status, sum(n)::bigint AS n
+FROM record_counts WHERE {filters}
+GROUP BY category, source, status;

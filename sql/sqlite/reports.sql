@@ -52,3 +52,13 @@ GROUP BY 1, 2;
 -- The most recent failures, newest first, for the dashboard.
 SELECT {record_columns} FROM records WHERE status = 'failed' AND processed_at IS NOT NULL
 ORDER BY processed_at DESC, id DESC LIMIT :limit;
+
+-- name: count_from_counts
+-- How many records match status/category/source filters, from the maintained counts.
+SELECT coalesce(sum(n), 0) AS total FROM record_counts WHERE {filters};
+
+-- name: summary_from_counts
+-- Per category, source and status, from the maintained counts (no date filter).
+SELECT category, source, status, sum(n) AS n
+FROM record_counts WHERE {filters}
+GROUP BY category, source, status;
