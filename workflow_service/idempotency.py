@@ -40,12 +40,12 @@ def fingerprint(method: str, path: str, document) -> str:
 
 
 def run_once(db: Database, key: str | None, request_hash: str,
-             create: Callable[[Session], tuple[int, dict]],
-             now: Callable[[], str] = utc_now_text) -> tuple[int, dict, bool]:
+             create: Callable[[Session], tuple[int, str]],
+             now: Callable[[], str] = utc_now_text) -> tuple[int, str, bool]:
     """Run `create` in a write transaction unless `key` already has a response.
 
-    Returns (status, body, replayed). The same key with another request is a
-    409 Conflict.
+    `create` returns (status, JSON text). Returns (status, JSON text,
+    replayed). The same key with another request is a 409 Conflict.
     """
     with db.write() as s:
         if key is None:
@@ -53,13 +53,13 @@ def run_once(db: Database, key: str | None, request_hash: str,
             return status, body, False
         if s.one("idempotency.claim", {"key": key, "request_hash": request_hash, "now": now()}) is not None:
             status, body = create(s)
-            s.run("idempotency.store", {"key": key, "status_code": status, "response": json.dumps(body)})
+            s.run("idempotency.store", {"key": key, "status_code": status, "response": body})
             return status, body, False
         stored = s.one("idempotency.get", {"key": key})
     if stored["request_hash"] != request_hash:
         raise Conflict("Idempotency-Key was already used with a different request",
                        details={"idempotency_key": key})
-    return stored["status_code"], json.loads(stored["response"]), True
+    return stored["status_code"], stored["response"], True
 
 
 def expire(db: Database, ttl_hours: float, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> int:

@@ -124,21 +124,33 @@ def _from_falcon(ex: falcon.HTTPError) -> APIError:
 class JSONFormatter(logging.Formatter):
     """One JSON object per line: time, level, event, then the event's fields."""
 
+    _encoder = json.JSONEncoder(default=str)  # built once: json.dumps(default=...) builds one per call
+    _second, _second_text = -1, ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # the formatted second is reused for every line within it
+            self._second, self._second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         line = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._second_text}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
         }
-        line.update(getattr(record, "fields", {}))
+        fields = getattr(record, "fields", None)
+        if fields:
+            line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return self._encoder.encode(line)
 
 
 def configure_logging(level: str = "INFO", stream=None) -> None:
     """Send the `workflow` loggers to stdout as JSON lines (CLI and gunicorn entry only)."""
+    # One JSON line per request is on the hot path: skip the caller lookup and the
+    # thread/process bookkeeping that the formatter never prints.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger("workflow")

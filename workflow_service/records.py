@@ -19,6 +19,9 @@ UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 MAX_LIMIT = 200
 
 
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def record_out(row: dict) -> dict:
     """A stored row as the API's record object."""
     out = dict(row)
@@ -27,6 +30,31 @@ def record_out(row: dict) -> dict:
     if row["score"] is not None:  # SQLite may hand back a whole REAL as int
         out["score"] = float(row["score"])
     return out
+
+
+def record_json(row: dict) -> str:
+    """A stored row as the record's JSON text, without parsing and re-encoding the payload.
+
+    `payload` and `result` are stored as JSON text this service wrote itself
+    (validated on the way in), so they are spliced in as they are.
+    """
+    parts = []
+    for name, value in row.items():
+        if name in ("payload", "result"):
+            text = "null" if value is None else value
+        elif name == "score" and value is not None:
+            text = _encode(float(value))  # SQLite may hand back a whole REAL as int
+        else:
+            text = _encode(value)
+        parts.append(f'"{name}": {text}')
+    return "{" + ", ".join(parts) + "}"
+
+
+def send_json(resp, text: str, status: int = 200) -> None:
+    """Send JSON text that is already encoded."""
+    resp.status = status
+    resp.content_type = "application/json"
+    resp.text = text
 
 
 def checked_id(record_id: str) -> str:
@@ -48,13 +76,16 @@ class RecordCollection:
         body = validate_body(read_json_body(req, self.max_body_bytes), "record_create.json")
         key = idempotency_key(req)
 
-        def create(s: Session):
-            rows = insert_records(s, [body], req.context.request_id, self.new_id, self.now())
-            return 201, record_out(rows[0])
+        created = {}
 
-        status, record, replayed = run_once(self.db, key, fingerprint("POST", "/records", body), create)
-        respond_created(req, resp, status, record, replayed)
-        resp.location = f"{req.root_path}/records/{record['id']}"
+        def create(s: Session):
+            created.update(insert_records(s, [body], req.context.request_id, self.new_id, self.now())[0])
+            return 201, record_json(created)
+
+        status, text, replayed = run_once(self.db, key, fingerprint("POST", "/records", body), create)
+        respond_created(resp, status, text, replayed)
+        record_id = json.loads(text)["id"] if replayed else created["id"]
+        resp.location = f"{req.root_path}/records/{record_id}"
 
     def on_get(self, req, resp):
         query = parse_query(req, "queries/list_records.json")
@@ -78,14 +109,9 @@ class RecordCollection:
             total = s.one_sql(count_sql, params)["total"]
         more = len(rows) > limit
         rows = rows[:limit]
-        resp.media = {
-            "items": [record_out(r) for r in rows],
-            "count": len(rows),
-            "total": total,
-            "limit": limit,
-            "offset": query["offset"],
-            "next_cursor": encode_cursor(query, rows[-1]) if more else None,
-        }
+        tail = _encode({"count": len(rows), "total": total, "limit": limit, "offset": query["offset"],
+                        "next_cursor": encode_cursor(query, rows[-1]) if more else None})
+        send_json(resp, '{"items": [' + ", ".join(map(record_json, rows)) + "], " + tail[1:])
 
 
 def stream_csv(resp, db: Database, filters: tuple, params: dict, order: str, filename: str) -> None:
@@ -126,10 +152,9 @@ def insert_records(s: Session, bodies: list[dict], request_id: str, new_id: Call
     return stored
 
 
-def respond_created(req, resp, status: int, body: dict, replayed: bool) -> None:
+def respond_created(resp, status: int, text: str, replayed: bool) -> None:
     """Send a (possibly replayed) creation response."""
-    resp.status = status
-    resp.media = body
+    send_json(resp, text, status)
     if replayed:
         resp.set_header("Idempotent-Replayed", "true")
 
@@ -147,10 +172,10 @@ class RecordBatch:
 
         def create(s: Session):
             rows = insert_records(s, body["records"], req.context.request_id, self.new_id, self.now())
-            return 201, {"items": [record_out(r) for r in rows], "count": len(rows)}
+            return 201, '{"items": [' + ", ".join(map(record_json, rows)) + f'], "count": {len(rows)}}}'
 
-        status, result, replayed = run_once(self.db, key, fingerprint("POST", "/records/batch", body), create)
-        respond_created(req, resp, status, result, replayed)
+        status, text, replayed = run_once(self.db, key, fingerprint("POST", "/records/batch", body), create)
+        respond_created(resp, status, text, replayed)
 
 
 class RecordRetry:
@@ -161,7 +186,7 @@ class RecordRetry:
 
     def on_post(self, req, resp, record_id):
         row = transition(self.db, checked_id(record_id), PENDING, actor=req.context.request_id, now=self.now)
-        resp.media = record_out(row)
+        send_json(resp, record_json(row))
 
 
 class RecordItem:
@@ -175,7 +200,7 @@ class RecordItem:
             row = s.one("get_record", {"id": checked_id(record_id)})
         if row is None:
             raise NotFound("record not found")
-        resp.media = record_out(row)
+        send_json(resp, record_json(row))
 
 
 class RecordProcess:
@@ -187,7 +212,7 @@ class RecordProcess:
     def on_post(self, req, resp, record_id):
         row = transition(self.db, checked_id(record_id), PROCESSED, registry=self.registry,
                          actor=req.context.request_id, now=self.now)
-        resp.media = record_out(row)
+        send_json(resp, record_json(row))
 
 
 class RecordEvents:
