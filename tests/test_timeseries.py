@@ -106,3 +106,9 @@ def test_ten_thousand_buckets_is_the_limit(app):
     over = app.get(f"/reports/timeseries?bucket=hour&date_from={to_text(start)}"
                    f"&date_to={to_text(end + timedelta(hours=1))}", expect_errors=True)
     assert over.status_int == 422
+
+
+@pytest.mark.parametrize("query", ["bucket=day&date_to=0001-01-01T05:00", "bucket=hour&date_to=0001-01-01",
+                                   "date_from=9999-12-31T23:59:59", "bucket=day&date_from=9999-12-31"])
+def test_extreme_dates_are_answered(app, query):
+    assert app.get("/reports/timeseries?" + query).status_int == 200

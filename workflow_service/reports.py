@@ -76,7 +76,13 @@ def timeseries(db: Database, query: dict, now: Callable[[], str] = utc_now_text)
     check_range(query)
     bucket = query["bucket"]
     end = _parse(query["date_to"]) if query.get("date_to") else _parse(now())
-    start = _parse(query["date_from"]) if query.get("date_from") else _floor(end, bucket) - DEFAULT_SPAN[bucket]
+    if query.get("date_from"):
+        start = _parse(query["date_from"])
+    else:
+        try:
+            start = _floor(end, bucket) - DEFAULT_SPAN[bucket]
+        except OverflowError:  # a date_to in the first day of year 1
+            start = datetime.min
     first, last = _floor(start, bucket), _floor(end, bucket)
     count = (last - first) // BUCKET_STEP[bucket] + 1
     if count > MAX_BUCKETS:
