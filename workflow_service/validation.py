@@ -102,7 +102,10 @@ def read_json_body(req, max_bytes: int):
     length = req.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(f"request body is over {max_bytes} bytes", details={"max_bytes": max_bytes})
-    raw = req.bounded_stream.read(max_bytes + 1)
+    # A chunked body has no Content-Length, so Falcon's bounded stream would read nothing;
+    # the server decodes the chunks on the raw stream, and we still stop at the limit.
+    chunked = length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+    raw = (req.stream if chunked else req.bounded_stream).read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"request body is over {max_bytes} bytes", details={"max_bytes": max_bytes})
     if not raw.strip():
