@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test lint migrate bench clean
+.PHONY: run test lint migrate bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ migrate: $(VENV)/.runtime-installed
 ## The benchmark (needs wrk: apt-get install -y wrk); see docs/benchmarks.md.
 bench: $(VENV)/.runtime-installed
 	$(BIN)/python bench/run.py --quick --databases sqlite,postgresql --peer ../shared/peers/fastapi_ref
+
+## Ten minutes of mixed load at 70 % of capacity per database (CI runs 30 s); see docs/reliability.md.
+soak: $(VENV)/.dev-installed
+	WORKFLOW_SOAK_SECONDS=600 WORKFLOW_SOAK_RESULTS=soak-results.ndjson $(BIN)/python -m pytest tests/test_soak.py -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
