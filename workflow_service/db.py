@@ -154,14 +154,15 @@ class SQLiteDatabase(Database):
         try:
             conn = sqlite3.connect(
                 self.path,
-                # The writer handles "busy" itself (see write()); readers rarely meet it in WAL mode.
-                timeout=0 if role == "write" else self.settings.db_timeout_seconds,
+                timeout=self.settings.db_timeout_seconds,
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
                 check_same_thread=True,
             )
             conn.row_factory = sqlite3.Row
             for name in ("pragma.journal_mode", "pragma.synchronous", "pragma.foreign_keys", "pragma.cache_size"):
                 conn.execute(self.queries[name])
+            if role == "write":  # set-up above may wait for another process; later BEGINs do not (write())
+                conn.execute(self.queries["pragma.no_busy_wait"])
         except sqlite3.Error as exc:
             log.error("sqlite.connect_failed", extra={"fields": {"error": str(exc), "path": self.path}})
             raise DatabaseUnavailable() from exc

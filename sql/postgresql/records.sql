@@ -14,10 +14,19 @@ INSERT INTO records (id, source, category, payload, status, attempts, created_at
 VALUES (%(id)s, %(source)s, %(category)s, %(payload)s::json, 'pending', 0, %(now)s, %(now)s, %(now)s)
 RETURNING {record_columns};
 
--- name: insert_record_many
--- Create pending records in bulk (executemany); the caller builds the returned rows.
+-- name: insert_record_set
+-- Create pending records in bulk from a JSON array of {id, source, category, payload}, payload
+-- being the JSON text to store; one statement, so the count trigger runs once.
 INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at, available_at)
-VALUES (%(id)s, %(source)s, %(category)s, %(payload)s::json, 'pending', 0, %(now)s, %(now)s, %(now)s);
+SELECT r.id, r.source, r.category, r.payload::json, 'pending', 0,
+       %(now)s::timestamptz, %(now)s::timestamptz, %(now)s::timestamptz
+FROM json_to_recordset(%(rows)s::json) AS r(id uuid, source text, category text, payload text);
+
+-- name: insert_creation_events
+-- The creation events of records created in bulk, from a JSON array of their ids.
+INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
+SELECT id::uuid, NULL, 'pending', %(now)s::timestamptz, %(request_id)s, NULL
+FROM json_array_elements_text(%(ids)s::json) AS id;
 
 -- name: get_record
 -- Fetch one record by id.
@@ -119,13 +128,6 @@ records.source ASC, records.id ASC
 -- name: order.source.desc
 -- Sort fragment.
 records.source DESC, records.id DESC
-
--- name: insert_event_many
--- Append creation events in bulk (executemany).
-INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
-VALUES (%(record_id)s, %(from_status)s, %(to_status)s, %(now)s, %(request_id)s, %(detail)s);
-
--- Keyset fragments: the rows after a cursor's (sort value, id), in the sort's direction.
 
 -- name: after.created_at.asc
 -- Rows after the cursor for sort_by=created_at, sort_order=asc.

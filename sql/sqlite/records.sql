@@ -11,10 +11,18 @@ INSERT INTO records (id, source, category, payload, status, attempts, created_at
 VALUES (:id, :source, :category, :payload, 'pending', 0, :now, :now, :now)
 RETURNING {record_columns};
 
--- name: insert_record_many
--- Create pending records in bulk (executemany); the caller builds the returned rows.
+-- name: insert_record_set
+-- Create pending records in bulk from a JSON array of {id, source, category, payload}, payload
+-- being the JSON text to store.
 INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at, available_at)
-VALUES (:id, :source, :category, :payload, 'pending', 0, :now, :now, :now);
+SELECT json_extract(value, '$.id'), json_extract(value, '$.source'), json_extract(value, '$.category'),
+       json_extract(value, '$.payload'), 'pending', 0, :now, :now, :now
+FROM json_each(:rows);
+
+-- name: insert_creation_events
+-- The creation events of records created in bulk, from a JSON array of their ids.
+INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
+SELECT value, NULL, 'pending', :now, :request_id, NULL FROM json_each(:ids);
 
 -- name: get_record
 -- Fetch one record by id.
@@ -110,13 +118,6 @@ source ASC, id ASC
 -- name: order.source.desc
 -- Sort fragment.
 source DESC, id DESC
-
--- name: insert_event_many
--- Append creation events in bulk (executemany).
-INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
-VALUES (:record_id, :from_status, :to_status, :now, :request_id, :detail);
-
--- Keyset fragments: the rows after a cursor's (sort value, id), in the sort's direction.
 
 -- name: after.created_at.asc
 -- Rows after the cursor for sort_by=created_at, sort_order=asc.

@@ -28,3 +28,8 @@ SELECT 1 AS ok;
 -- 64 MiB of page cache per connection (the default is 2 MiB): random-uuid index inserts
 -- touch pages all over the file, and a small cache turns them into reads and spills.
 PRAGMA cache_size = -65536;
+
+-- name: pragma.no_busy_wait
+-- The writer connection handles a busy database itself (db.py: SQLiteDatabase.write),
+-- with short pauses instead of SQLite's busy-handler sleeps.
+PRAGMA busy_timeout = 0;
