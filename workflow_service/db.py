@@ -45,10 +45,6 @@ class Session:
         self._cur.execute(self.queries[name], params or self.no_params)
         return self._cur.rowcount
 
-    def run_many(self, name: str, rows: list[dict]) -> None:
-        """Execute statement `name` once per parameter dict (bulk insert)."""
-        self._cur.executemany(self.queries[name], rows)
-
     def all_sql(self, sql: str, params: dict | None = None) -> list[dict]:
         """All rows of a composed statement (see `Queries.compose`)."""
         self._cur.execute(sql, params or self.no_params)
