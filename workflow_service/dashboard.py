@@ -10,15 +10,15 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable
+from datetime import timedelta
 from html import escape
 
 import falcon
 
 from .db import Database
-from .records import record_out
-from .reports import summary, timeseries
+from .reports import bucket_start, summary, timeseries
 from .states import STATUSES
-from .timeutil import utc_now_text
+from .timeutil import from_text, to_text, utc_now_text
 
 COLORS = {"pending": "#b7791f", "processed": "#2f855a", "failed": "#c53030"}
 STYLE = """
@@ -104,9 +104,10 @@ class Dashboard:
     def on_get(self, req, resp):
         report = summary(self.db, {}, self.now)
         day = timeseries(self.db, {"bucket": "hour"}, self.now)
-        week = timeseries(self.db, {"bucket": "day", "date_from": _days_ago(self.now(), 6)}, self.now)
+        week_start = bucket_start(from_text(self.now()) - timedelta(days=6), "day")
+        week = timeseries(self.db, {"bucket": "day", "date_from": to_text(week_start)}, self.now)
         with self.db.read() as s:
-            failures = [record_out(r) for r in s.all("latest_failures", {"limit": 10})]
+            failures = s.all("latest_failures", {"limit": 10})
         base = req.root_path
         totals = report["totals"]
         cards = "".join(
@@ -149,11 +150,3 @@ class Dashboard:
 <th>Error</th></tr></thead><tbody>{fails}</tbody></table></div>
 </main></body></html>"""
 
-
-def _days_ago(stamp: str, days: int) -> str:
-    from datetime import datetime, timedelta
-
-    from .timeutil import to_text
-
-    moment = datetime.fromisoformat(stamp[:-1]) - timedelta(days=days)
-    return to_text(moment.replace(hour=0, minute=0, second=0, microsecond=0))

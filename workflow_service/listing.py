@@ -42,6 +42,11 @@ def filter_fragments(query: dict, after: str, before: str) -> tuple[tuple[str, .
     return tuple(names), params
 
 
+def has_date_filter(filters: tuple[str, ...]) -> bool:
+    """Whether the filters bound created_at (the maintained counts cannot answer those)."""
+    return any(f.startswith("filter.created") for f in filters)
+
+
 def scope_digest(query: dict) -> str:
     """What a cursor is bound to: the filters and the sort."""
     scope = {k: query.get(k) for k in (*FILTERS, "created_after", "created_before", "sort_by", "sort_order")}

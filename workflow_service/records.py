@@ -10,7 +10,7 @@ from collections.abc import Callable
 from .db import Database, Session
 from .errors import NotFound, ValidationFailed, problem
 from .idempotency import fingerprint, idempotency_key, run_once
-from .listing import csv_lines, decode_cursor, encode_cursor, filter_fragments, wants_csv
+from .listing import csv_lines, decode_cursor, encode_cursor, filter_fragments, has_date_filter, wants_csv
 from .states import PENDING, PROCESSED, ProcessorRegistry, transition
 from .timeutil import utc_now_text
 from .validation import parse_query, read_json_body, validate_body
@@ -20,16 +20,6 @@ MAX_LIMIT = 200
 
 
 _encode = json.JSONEncoder(ensure_ascii=False).encode
-
-
-def record_out(row: dict) -> dict:
-    """A stored row as the API's record object."""
-    out = dict(row)
-    out["payload"] = json.loads(row["payload"])
-    out["result"] = None if row["result"] is None else json.loads(row["result"])
-    if row["score"] is not None:  # SQLite may hand back a whole REAL as int
-        out["score"] = float(row["score"])
-    return out
 
 
 def record_json(row: dict) -> str:
@@ -65,26 +55,38 @@ def checked_id(record_id: str) -> str:
     return record_id
 
 
-class RecordCollection:
-    """`POST /records` and `GET /records`."""
+class _Ingest:
+    """What `POST /records` and `POST /records/batch` share: read, validate, insert once per key."""
 
     def __init__(self, db: Database, max_body_bytes: int, new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
                  now: Callable[[], str] = utc_now_text):
         self.db, self.max_body_bytes, self.new_id, self.now = db, max_body_bytes, new_id, now
 
-    def on_post(self, req, resp):
-        body = validate_body(read_json_body(req, self.max_body_bytes), "record_create.json")
-        key = idempotency_key(req)
-
-        created = {}
+    def ingest(self, req, resp, path: str, schema: str, records: Callable[[dict], list[dict]],
+               render: Callable[[list[dict]], str]) -> list[dict]:
+        """Create the body's records (or replay the key's response); return the rows created now."""
+        body = validate_body(read_json_body(req, self.max_body_bytes), schema)
+        created: list[dict] = []
 
         def create(s: Session):
-            created.update(insert_records(s, [body], req.context.request_id, self.new_id, self.now())[0])
-            return 201, record_json(created)
+            created.extend(insert_records(s, records(body), req.context.request_id, self.new_id, self.now()))
+            return 201, render(created)
 
-        status, text, replayed = run_once(self.db, key, fingerprint("POST", "/records", body), create)
-        respond_created(resp, status, text, replayed)
-        record_id = json.loads(text)["id"] if replayed else created["id"]
+        status, text, replayed = run_once(self.db, idempotency_key(req), fingerprint("POST", path, body), create)
+        send_json(resp, text, status)
+        if replayed:
+            resp.set_header("Idempotent-Replayed", "true")
+            return []
+        return created
+
+
+class RecordCollection(_Ingest):
+    """`POST /records` and `GET /records`."""
+
+    def on_post(self, req, resp):
+        created = self.ingest(req, resp, "/records", "record_create.json", lambda body: [body],
+                              lambda rows: record_json(rows[0]))
+        record_id = created[0]["id"] if created else json.loads(resp.text)["id"]
         resp.location = f"{req.root_path}/records/{record_id}"
 
     def on_get(self, req, resp):
@@ -103,7 +105,7 @@ class RecordCollection:
         with self.db.read(snapshot=True) as s:
             list_sql = s.queries.compose("list_records", filters=page_filters, order=order)
             # Without a date filter the maintained counts give the total at once.
-            counted = "count_records" if any(f.startswith("filter.created") for f in filters) else "count_from_counts"
+            counted = "count_records" if has_date_filter(filters) else "count_from_counts"
             count_sql = s.queries.compose(counted, filters=filters)
             rows = s.all_sql(list_sql, dict(params, limit=limit + 1, offset=query["offset"]))
             total = s.one_sql(count_sql, params)["total"]
@@ -155,30 +157,12 @@ def insert_records(s: Session, bodies: list[dict], request_id: str, new_id: Call
     ]
 
 
-def respond_created(resp, status: int, text: str, replayed: bool) -> None:
-    """Send a (possibly replayed) creation response."""
-    send_json(resp, text, status)
-    if replayed:
-        resp.set_header("Idempotent-Replayed", "true")
-
-
-class RecordBatch:
+class RecordBatch(_Ingest):
     """`POST /records/batch`: 1-1000 records, validated first, stored all or nothing."""
 
-    def __init__(self, db: Database, max_body_bytes: int, new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
-                 now: Callable[[], str] = utc_now_text):
-        self.db, self.max_body_bytes, self.new_id, self.now = db, max_body_bytes, new_id, now
-
     def on_post(self, req, resp):
-        body = validate_body(read_json_body(req, self.max_body_bytes), "records_batch.json")
-        key = idempotency_key(req)
-
-        def create(s: Session):
-            rows = insert_records(s, body["records"], req.context.request_id, self.new_id, self.now())
-            return 201, '{"items": [' + ", ".join(map(record_json, rows)) + f'], "count": {len(rows)}}}'
-
-        status, text, replayed = run_once(self.db, key, fingerprint("POST", "/records/batch", body), create)
-        respond_created(resp, status, text, replayed)
+        self.ingest(req, resp, "/records/batch", "records_batch.json", lambda body: body["records"],
+                    lambda rows: '{"items": [' + ", ".join(map(record_json, rows)) + f'], "count": {len(rows)}}}')
 
 
 class RecordRetry:

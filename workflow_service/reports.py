@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 
 from .db import Database
 from .errors import ValidationFailed, problem
-from .listing import csv_lines, filter_fragments, wants_csv
+from .listing import csv_lines, filter_fragments, has_date_filter, wants_csv
 from .states import STATUSES
-from .timeutil import to_text, utc_now_text
+from .timeutil import from_text, to_text, utc_now_text
 from .validation import parse_query
 
 MAX_BUCKETS = 10_000
@@ -44,7 +44,7 @@ def summary(db: Database, query: dict, now: Callable[[], str] = utc_now_text) ->
     check_range(query)
     filters, params = filter_fragments(query, "date_from", "date_to")
     with db.read() as s:
-        if any(f.startswith("filter.created") for f in filters):
+        if has_date_filter(filters):
             rows = s.all_sql(s.queries.compose("summary_counts", filters=filters), params)
         else:
             counts = s.all_sql(s.queries.compose("summary_from_counts", filters=filters), params)
@@ -62,11 +62,8 @@ def summary(db: Database, query: dict, now: Callable[[], str] = utc_now_text) ->
     }
 
 
-def _parse(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp[:-1])
-
-
-def _floor(moment: datetime, bucket: str) -> datetime:
+def bucket_start(moment: datetime, bucket: str) -> datetime:
+    """The start of the hour or day bucket that holds `moment`."""
     moment = moment.replace(minute=0, second=0, microsecond=0)
     return moment.replace(hour=0) if bucket == "day" else moment
 
@@ -75,15 +72,15 @@ def timeseries(db: Database, query: dict, now: Callable[[], str] = utc_now_text)
     """Dense per-bucket counts and latencies between `date_from` and `date_to` (UTC)."""
     check_range(query)
     bucket = query["bucket"]
-    end = _parse(query["date_to"]) if query.get("date_to") else _parse(now())
+    end = from_text(query["date_to"]) if query.get("date_to") else from_text(now())
     if query.get("date_from"):
-        start = _parse(query["date_from"])
+        start = from_text(query["date_from"])
     else:
         try:
-            start = _floor(end, bucket) - DEFAULT_SPAN[bucket]
+            start = bucket_start(end, bucket) - DEFAULT_SPAN[bucket]
         except OverflowError:  # a date_to in the first day of year 1
             start = datetime.min
-    first, last = _floor(start, bucket), _floor(end, bucket)
+    first, last = bucket_start(start, bucket), bucket_start(end, bucket)
     count = (last - first) // BUCKET_STEP[bucket] + 1
     if count > MAX_BUCKETS:
         raise ValidationFailed(details=[problem(["query", "date_from"],

@@ -44,7 +44,11 @@ def parse_bound(text: str, upper: bool) -> str:
         raise ValueError("date-time out of range") from None
 
 
+def from_text(stamp: str) -> datetime:
+    """A stored-form time as a naive UTC datetime."""
+    return datetime.fromisoformat(stamp[:-1])
+
+
 def later(stamp: str, seconds: float) -> str:
     """A stored-form time `seconds` after another stored-form time."""
-    moment = datetime.fromisoformat(stamp[:-1]) + timedelta(seconds=seconds)
-    return to_text(moment)
+    return to_text(from_text(stamp) + timedelta(seconds=seconds))

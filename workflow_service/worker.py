@@ -36,6 +36,13 @@ class BatchStats:
     failed: int = 0
     retried_later: int = 0
 
+    def add(self, other: BatchStats) -> None:
+        """Add another batch's figures to these."""
+        self.claimed += other.claimed
+        self.processed += other.processed
+        self.failed += other.failed
+        self.retried_later += other.retried_later
+
 
 class Worker:
     """Claims and processes batches of pending records."""
@@ -89,8 +96,7 @@ class Worker:
         while not (stop and stop.is_set()) and (max_batches is None or batches < max_batches):
             stats = self.run_batch(actor)
             batches += 1
-            for field in ("claimed", "processed", "failed", "retried_later"):
-                setattr(total, field, getattr(total, field) + getattr(stats, field))
+            total.add(stats)
             if stats.claimed == 0:
                 break
         return total
@@ -138,6 +144,5 @@ def run_workers(worker: Worker, *, concurrency: int, once: bool, poll_interval: 
         raise errors[0]
     result = BatchStats()
     for stats in totals:
-        for field in ("claimed", "processed", "failed", "retried_later"):
-            setattr(result, field, getattr(result, field) + getattr(stats, field))
+        result.add(stats)
     return result
