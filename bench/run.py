@@ -400,7 +400,7 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
 
         for key, label, where in SCENARIOS:
             row = results["scenarios"].setdefault(key, {"label": label})
-            if not available.get(key, True):
+            if not available.get(key, True) or key not in args.scenarios:
                 row["svc"] = None
                 continue
             for rep in range(args.repeat):
@@ -534,10 +534,17 @@ def main() -> int:
     ap.add_argument("--peer", help="path of the FastAPI peer (relative to the repository or absolute)")
     ap.add_argument("--databases", default="sqlite")
     ap.add_argument("--output", default="docs/benchmarks.md")
+    ap.add_argument("--scenarios", help="comma-separated keys to run (default: all): "
+                    + ", ".join(key for key, _, _ in SCENARIOS))
     args = ap.parse_args()
     args.records = args.records or (10_000 if args.quick else 100_000)
     args.duration = args.duration or (3 if args.quick else 10)
     args.repeat = args.repeat or (1 if args.quick else 3)
+    known = {key for key, _, _ in SCENARIOS}
+    args.scenarios = set(args.scenarios.split(",")) if args.scenarios else known
+    if args.scenarios - known:
+        sys.stderr.write(f"bench: unknown scenarios {sorted(args.scenarios - known)}\n")
+        return 2
     if not shutil.which("wrk"):
         sys.stderr.write("bench: wrk is not installed; install it with `apt-get install -y wrk` (as root)\n")
         return 2

@@ -124,7 +124,7 @@ def split_sqlite_statements(text: str) -> list[str]:
 
 
 class SQLiteDatabase(Database):
-    """Two connections per thread and process (one reads, one writes), reused for every request.
+    """A read connection per thread and one write connection per process, reused for every request.
 
     Writers in one process queue on a lock instead of on SQLite's busy handler,
     whose sleeps (1, 2, 5, 10 ms...) would turn every collision into latency;
@@ -139,30 +139,39 @@ class SQLiteDatabase(Database):
         self.path = settings.database_url[len("sqlite:///") :]
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._writer_pid = 0
+        self._checkpointer: Checkpointer | None = None
 
     def _connection(self, role: str = "read") -> sqlite3.Connection:
-        conn = getattr(self._local, role, None)
-        if conn is not None and self._local.pid == os.getpid():
-            return conn
-        if getattr(self._local, "pid", None) != os.getpid():  # forked: the parent's connections are not ours
-            self._local.read = self._local.write = None
+        """This thread's read connection, or the process's one write connection (under the write lock)."""
+        if role == "write":
+            if self._writer is None or self._writer_pid != os.getpid():  # none yet, or the parent's
+                self._writer, self._writer_pid = self._open(role), os.getpid()
+            return self._writer
+        conn = getattr(self._local, "read", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = self._local.read = self._open(role)
             self._local.pid = os.getpid()
+        return conn
+
+    def _open(self, role: str) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
                 self.path,
                 timeout=self.settings.db_timeout_seconds,
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-                check_same_thread=True,
+                check_same_thread=role == "read",  # the writer moves between threads, one at a time
             )
             conn.row_factory = sqlite3.Row
-            for name in ("pragma.journal_mode", "pragma.synchronous", "pragma.foreign_keys", "pragma.cache_size"):
+            for name in ("pragma.journal_mode", "pragma.synchronous", "pragma.foreign_keys", f"pragma.{role}_cache",
+                         "pragma.temp_store", "pragma.no_auto_checkpoint"):
                 conn.execute(self.queries[name])
             if role == "write":  # set-up above may wait for another process; later BEGINs do not (write())
                 conn.execute(self.queries["pragma.no_busy_wait"])
         except sqlite3.Error as exc:
             log.error("sqlite.connect_failed", extra={"fields": {"error": str(exc), "path": self.path}})
             raise DatabaseUnavailable() from exc
-        setattr(self._local, role, conn)
         return conn
 
     @contextmanager
@@ -217,18 +226,104 @@ class SQLiteDatabase(Database):
                 yield session
         finally:
             self._write_lock.release()
+        self._wal_grew()
+
+    def _wal_grew(self) -> None:
+        checkpointer = self._checkpointer
+        if checkpointer is None or checkpointer.pid != os.getpid():  # none yet, or the parent's before a fork
+            with self._write_lock:
+                if self._checkpointer is checkpointer:
+                    self._checkpointer = Checkpointer(self.path, self.queries, self._write_lock)
+            checkpointer = self._checkpointer
+        checkpointer.wake()
 
     def release_thread(self) -> None:
         """Close the calling thread's connection."""
         self.close()
 
     def close(self) -> None:
-        """Close this thread's connections."""
-        for role in ("read", "write"):
-            conn = getattr(self._local, role, None)
-            if conn is not None:
-                conn.close()
-                setattr(self._local, role, None)
+        """Close this thread's read connection and the write connection; stop the checkpointer.
+
+        The next read or write opens what it needs again.
+        """
+        conn, self._local.read = getattr(self._local, "read", None), None
+        if conn is not None:
+            conn.close()
+        with self._write_lock:
+            writer, self._writer = self._writer, None
+            if writer is not None and self._writer_pid == os.getpid():
+                writer.close()
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None and checkpointer.pid == os.getpid():
+            checkpointer.stop()
+
+
+class Checkpointer:
+    """Copies the WAL back into the database file from a thread of its own.
+
+    SQLite's automatic checkpoint runs inside the commit that crosses 1,000
+    WAL pages, so one unlucky request pays for copying everybody's pages
+    (about 40 % of a 100-record batch's time, docs/benchmarks.md). Connections
+    here turn it off, and this thread checkpoints instead: at most once every
+    INTERVAL_SECONDS while writes go on, and once more after they stop. A
+    PASSIVE checkpoint takes no lock that writers or readers wait for; while
+    another process's checkpointer runs, this one's attempt does nothing. Once
+    the WAL holds RESTART_FRAMES, a RESTART checkpoint (writers wait, for at most
+    the `restart_wait` busy timeout) rewinds it. One per process, started by the
+    first write.
+    """
+
+    INTERVAL_SECONDS = 0.1
+    RESTART_FRAMES = 4000  # a 16 MiB WAL (4 KiB pages)
+
+    def __init__(self, path: str, queries: Queries, write_lock: threading.Lock):
+        self.path, self.queries, self.write_lock, self.pid = path, queries, write_lock, os.getpid()
+        self._conn: sqlite3.Connection | None = None
+        self._wanted = threading.Event()
+        self._stopping = False
+        self.done = threading.Event()  # set after each checkpoint; tests wait on it
+        threading.Thread(target=self._run, name="sqlite-checkpointer", daemon=True).start()
+
+    def wake(self) -> None:
+        self.done.clear()
+        self._wanted.set()
+
+    def stop(self) -> None:
+        """Checkpoint once more and end the thread."""
+        self._stopping = True
+        self._wanted.set()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wanted.wait()
+            if not self._stopping:
+                time.sleep(self.INTERVAL_SECONDS)  # let writes gather: a page written twice is copied once
+            self._wanted.clear()
+            self.checkpoint()
+        if self._conn is not None:
+            self._conn.close()
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file; restart the WAL once it is long."""
+        try:
+            if self._conn is None:
+                self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._conn.execute(self.queries["pragma.restart_wait"])
+            _busy, wal_frames, _copied = self._conn.execute(self.queries["wal_checkpoint"]).fetchone()
+            if wal_frames >= self.RESTART_FRAMES:
+                # Under steady writes a PASSIVE checkpoint never catches up with the end of the
+                # WAL, and SQLite only rewinds a WAL that was copied in full: without this the
+                # file would grow without bound. RESTART copies the few frames written since the
+                # PASSIVE pass while holding writers off, so the next write starts at the top.
+                # This process's writers wait on their lock, so that they cannot starve it.
+                with self.write_lock:
+                    self._conn.execute(self.queries["wal_restart"]).fetchall()
+            self.done.set()
+        except sqlite3.Error as exc:  # disk full, file gone: the next write wakes us again
+            log.warning("sqlite.checkpoint_failed", extra={"fields": {"error": str(exc)}})
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
 
 
 def postgres_conninfo(url: str, timeout: float) -> tuple[str, int, int]:

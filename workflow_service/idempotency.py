@@ -14,11 +14,13 @@ import json
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 from .db import Database, Session
 from .errors import Conflict, ValidationFailed, problem
 from .timeutil import to_text, utc_now_text
 
+T = TypeVar("T")
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -39,22 +41,24 @@ def fingerprint(method: str, path: str, document) -> str:
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def run_once(db: Database, key: str | None, request_hash: str,
-             create: Callable[[Session], tuple[int, str]],
-             now: Callable[[], str] = utc_now_text) -> tuple[int, str, bool]:
+def run_once(db: Database, key: str | None, request_hash: str, create: Callable[[Session], T],
+             render: Callable[[T], str], now: Callable[[], str] = utc_now_text) -> tuple[int, str, bool]:
     """Run `create` in a write transaction unless `key` already has a response.
 
-    `create` returns (status, JSON text). Returns (status, JSON text,
-    replayed). The same key with another request is a 409 Conflict.
+    `render` turns what `create` returned into the 201 response's JSON text;
+    without a key that happens after the commit, outside the write lock.
+    Returns (status, JSON text, replayed). The same key with another request
+    is a 409 Conflict.
     """
+    if key is None:
+        with db.write() as s:
+            created = create(s)
+        return 201, render(created), False
     with db.write() as s:
-        if key is None:
-            status, body = create(s)
-            return status, body, False
         if s.one("idempotency.claim", {"key": key, "request_hash": request_hash, "now": now()}) is not None:
-            status, body = create(s)
-            s.run("idempotency.store", {"key": key, "status_code": status, "response": body})
-            return status, body, False
+            body = render(create(s))
+            s.run("idempotency.store", {"key": key, "status_code": 201, "response": body})
+            return 201, body, False
         stored = s.one("idempotency.get", {"key": key})
     if stored["request_hash"] != request_hash:
         raise Conflict("Idempotency-Key was already used with a different request",

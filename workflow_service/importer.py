@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlite_utils.utils import Format, rows_from_file
 
 from .db import Database
-from .records import insert_records
+from .records import insert_records, new_rows
 from .timeutil import utc_now_text
 from .validation import check_json_values, schema_problems, validator_for
 
@@ -100,6 +100,7 @@ def import_file(db: Database, path: Path, *, fmt: str | None = None, batch_size:
 
 
 def _insert(db: Database, bodies: list[dict], new_id) -> int:
+    rows = new_rows(bodies, new_id)
     with db.write() as s:
-        insert_records(s, bodies, "import", new_id, utc_now_text())
+        insert_records(s, rows, "import", utc_now_text())
     return len(bodies)

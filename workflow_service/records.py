@@ -66,13 +66,16 @@ class _Ingest:
                render: Callable[[list[dict]], str]) -> list[dict]:
         """Create the body's records (or replay the key's response); return the rows created now."""
         body = validate_body(read_json_body(req, self.max_body_bytes), schema)
+        rows = new_rows(records(body), self.new_id)
         created: list[dict] = []
 
-        def create(s: Session):
-            created.extend(insert_records(s, records(body), req.context.request_id, self.new_id, self.now()))
-            return 201, render(created)
+        def create(s: Session) -> list[dict]:
+            created.extend(insert_records(s, rows, req.context.request_id, self.now()))
+            return created
 
-        status, text, replayed = run_once(self.db, idempotency_key(req), fingerprint("POST", path, body), create)
+        key = idempotency_key(req)
+        request_hash = fingerprint("POST", path, body) if key else ""
+        status, text, replayed = run_once(self.db, key, request_hash, create, render)
         send_json(resp, text, status)
         if replayed:
             resp.set_header("Idempotent-Replayed", "true")
@@ -129,18 +132,25 @@ def stream_csv(resp, db: Database, filters: tuple, params: dict, order: str, fil
     resp.stream = generate()
 
 
-def insert_records(s: Session, bodies: list[dict], request_id: str, new_id: Callable[[], str], now: str) -> list[dict]:
-    """Insert validated record bodies and their creation events; return the stored rows.
+def new_rows(bodies: list[dict], new_id: Callable[[], str]) -> list[dict]:
+    """Validated record bodies as rows to insert: a new id each, the payload as JSON text.
+
+    Built before the write transaction, so that the write lock is held for SQL only.
+    """
+    return [
+        {"id": new_id(), "source": b["source"], "category": b["category"],
+         "payload": json.dumps(b["payload"], ensure_ascii=False)}
+        for b in bodies
+    ]
+
+
+def insert_records(s: Session, rows: list[dict], request_id: str, now: str) -> list[dict]:
+    """Insert new rows (see `new_rows`) and their creation events; return the stored records.
 
     One record: a plain insert. Several: one statement for the records and one
     for their events, reading a JSON array (fewer round trips, and PostgreSQL
     counts them once per statement).
     """
-    rows = [
-        {"id": new_id(), "source": b["source"], "category": b["category"],
-         "payload": json.dumps(b["payload"], ensure_ascii=False)}
-        for b in bodies
-    ]
     if len(rows) == 1:
         stored = [s.one("insert_record", dict(rows[0], now=now))]
         s.run("insert_event", {"record_id": rows[0]["id"], "from_status": None, "to_status": PENDING, "now": now,
