@@ -26,9 +26,13 @@ def test_sqlite_connection_settings(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 3000
-    assert conn.execute("PRAGMA temp_store").fetchone()[0] == 2  # memory
+    assert conn.execute("PRAGMA temp_store").fetchone()[0] == 0  # reports' sorts may spill to a file
     assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # the Checkpointer's job
     assert wsgi.db._connection() is conn  # reused, not reopened
+    with wsgi.db.write():
+        writer = wsgi.db._connection("write")
+        assert writer.execute("PRAGMA temp_store").fetchone()[0] == 2  # statement journals in memory
+        assert writer.execute("PRAGMA cache_size").fetchone()[0] == -16384
     wsgi.db.close()
 
 

@@ -165,9 +165,10 @@ class SQLiteDatabase(Database):
             )
             conn.row_factory = sqlite3.Row
             for name in ("pragma.journal_mode", "pragma.synchronous", "pragma.foreign_keys", f"pragma.{role}_cache",
-                         "pragma.temp_store", "pragma.no_auto_checkpoint"):
+                         "pragma.no_auto_checkpoint"):
                 conn.execute(self.queries[name])
             if role == "write":  # set-up above may wait for another process; later BEGINs do not (write())
+                conn.execute(self.queries["pragma.temp_store"])
                 conn.execute(self.queries["pragma.no_busy_wait"])
         except sqlite3.Error as exc:
             log.error("sqlite.connect_failed", extra={"fields": {"error": str(exc), "path": self.path}})

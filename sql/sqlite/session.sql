@@ -41,8 +41,10 @@ PRAGMA cache_size = -2048;
 PRAGMA busy_timeout = 0;
 
 -- name: pragma.temp_store
--- Statement journals in memory: a multi-row insert fires the record_counts trigger,
--- so SQLite keeps a statement journal, which on disk costs a file write per page.
+-- The write connection keeps statement journals in memory: a multi-row insert fires the
+-- record_counts trigger, so SQLite keeps one, and on disk it costs a file write per page.
+-- Read connections keep the default: a report's sort of every row spills to a file
+-- instead of growing the worker's memory.
 PRAGMA temp_store = MEMORY;
 
 -- name: pragma.no_auto_checkpoint
