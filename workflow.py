@@ -178,7 +178,7 @@ def cmd_serve(args, settings: Settings) -> int:
         # worker keeps answering gunicorn's heartbeat (a sync worker would be killed at --timeout).
         "--worker-class", "gthread",
         "--threads", str(args.threads),
-        "--keep-alive", "5",
+        "--keep-alive", str(args.keep_alive),
         "--timeout", "30",
         "--graceful-timeout", "20",
         "--log-level", "warning",
@@ -360,6 +360,16 @@ def _positive(kind):
     return parse
 
 
+def _non_negative(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError("must be 0 or more")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="python -m workflow", description=__doc__.splitlines()[0])
@@ -370,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=_positive(int), help="gunicorn workers (default: WEB_CONCURRENCY, 2)")
     serve.add_argument("--threads", type=_positive(int), default=4, help="threads per worker (gthread)")
+    serve.add_argument("--keep-alive", type=_non_negative(int), default=0, metavar="SECONDS",
+                       help="keep idle client connections open this long (default 0: one request per "
+                            "connection, so that connections spread over the workers; docs/decisions.md)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations first")
     serve.add_argument("--processors", metavar="MODULE:NAME",
                        help="a dict (or a function returning one) of category -> processor")

@@ -39,7 +39,7 @@ def worker_rss(master_pid: int) -> list[int]:
 
 
 class Client:
-    """One keep-alive connection; `call` returns (status, body, seconds)."""
+    """One client connection, reopened after the server closes it; `call` returns (status, body, seconds)."""
 
     def __init__(self, port: int):
         self.port = port
