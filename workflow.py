@@ -380,9 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=_positive(int), help="gunicorn workers (default: WEB_CONCURRENCY, 2)")
     serve.add_argument("--threads", type=_positive(int), default=4, help="threads per worker (gthread)")
-    serve.add_argument("--keep-alive", type=_non_negative(int), default=0, metavar="SECONDS",
-                       help="keep idle client connections open this long (default 0: one request per "
-                            "connection, so that connections spread over the workers; docs/decisions.md)")
+    serve.add_argument("--keep-alive", type=_non_negative(int), default=5, metavar="SECONDS",
+                       help="keep idle client connections open this long (default 5; 0: one request per "
+                            "connection, which spreads few clients evenly over the workers; docs/decisions.md)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations first")
     serve.add_argument("--processors", metavar="MODULE:NAME",
                        help="a dict (or a function returning one) of category -> processor")

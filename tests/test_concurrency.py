@@ -13,15 +13,17 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import audit_mismatches, empty_database_url, make_settings
+from conftest import audit_mismatches, empty_database_url, make_settings, new_pg_schema
 from serverutil import ROOT, json_lines, request, service_env, start_server, stop_server
 from webtest import TestApp
 
 from workflow import create_app
+from workflow_service.db import open_database
 from workflow_service.migrations import Migrator
 
 pytestmark = pytest.mark.server
@@ -192,3 +194,63 @@ def test_sigterm_finishes_the_batch_in_hand_and_exits_0(fresh_url, inspect, tmp_
     totals = status_counts(inspect)
     assert totals["processed"] == 50 and totals["pending"] == 50  # the batch in hand, nothing more
     assert sum(counted(count_file).values()) == 50
+
+
+def test_postgresql_count_shards_cannot_deadlock(pg_server_url):
+    """Two transactions on one counter shard change counts in opposite orders; both commit.
+
+    Before migration 0007 the second transaction to close the cycle failed with
+    DeadlockDetected (a 503 seen in the benchmark on concurrent batches).
+    """
+    import psycopg
+
+    url = new_pg_schema(pg_server_url)
+    db = open_database(make_settings(url))
+    Migrator(db).up()
+    db.close()
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    conns = []
+    by_shard: dict[int, psycopg.Connection] = {}
+    first = second = None
+    for _ in range(17):  # 17 connections: two of them share a pid mod 16
+        conn = psycopg.connect(conninfo, autocommit=True)
+        conns.append(conn)
+        shard = conn.info.backend_pid % 16
+        if shard in by_shard:
+            first, second = by_shard[shard], conn
+            break
+        by_shard[shard] = conn
+    try:
+        ids = {}
+        for name, category in (("x", "c1"), ("y", "c2"), ("z", "c2"), ("w", "c1")):
+            ids[name] = str(uuid.uuid4())
+            first.execute(
+                "INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at,"
+                " available_at) VALUES (%s, 's', %s, '{}', 'pending', 0, now(), now(), now())", (ids[name], category))
+        done = "UPDATE records SET status = 'processed' WHERE id = %s"
+        errors = []
+
+        def other():
+            try:
+                with second.transaction():
+                    second.execute(done, (ids["y"],))  # c2 counts, then c1: the opposite order
+                    second.execute(done, (ids["w"],))
+            except psycopg.Error as exc:
+                errors.append(exc)
+
+        with first.transaction():
+            first.execute(done, (ids["x"],))  # c1 counts
+            thread = threading.Thread(target=other)
+            thread.start()
+            deadline = time.monotonic() + 10
+            while first.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                (second.info.backend_pid,)).fetchone()[0] != "Lock":
+                assert time.monotonic() < deadline, "the other transaction never waited for a lock"
+            first.execute(done, (ids["z"],))  # c2 counts: without the shard lock, a cycle
+        thread.join(timeout=30)
+        assert not thread.is_alive() and errors == []
+        totals = dict(first.execute("SELECT status, sum(n) FROM record_counts GROUP BY status").fetchall())
+        assert totals == {"pending": 0, "processed": 4}
+    finally:
+        for conn in conns:
+            conn.close()
