@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import make_settings, new_pg_schema
 from webtest import TestApp
@@ -98,4 +100,28 @@ def test_sqlite_wal_stays_bounded_under_steady_writes(tmp_path):
     wal_bytes = (tmp_path / "x.db-wal").stat().st_size  # the file keeps its largest size
     assert wal_bytes < 150 * 1024 * 1024
     assert app.get("/records?limit=1").json["total"] == 50_000
+    wsgi.db.close()
+
+
+def test_sqlite_restart_backs_off_while_a_reader_holds_an_old_snapshot(tmp_path):
+    """A long reader (a CSV export) keeps RESTART from finishing; writers must not wait for it every cycle."""
+    import sqlite3
+
+    path = tmp_path / "x.db"
+    wsgi = create_app(make_settings(f"sqlite:///{path}"))
+    Migrator(wsgi.db).up()
+    app = TestApp(wsgi)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM records").fetchone()  # holds its snapshot until rollback
+    records = [{"source": "s", "category": f"c{i % 7}", "payload": {"n": i}} for i in range(500)]
+    checkpointer = None
+    for _ in range(200):  # bounded: each batch adds ~1,500 WAL frames and wakes the checkpointer
+        app.post_json("/records/batch", {"records": records}, status=201)
+        checkpointer = wsgi.db._checkpointer
+        if checkpointer._restart_after > time.monotonic():
+            break
+    assert checkpointer._restart_after > time.monotonic(), "RESTART never gave up on the old snapshot"
+    reader.rollback()
+    reader.close()
     wsgi.db.close()

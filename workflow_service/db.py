@@ -270,18 +270,21 @@ class Checkpointer:
     PASSIVE checkpoint takes no lock that writers or readers wait for; while
     another process's checkpointer runs, this one's attempt does nothing. Once
     the WAL holds RESTART_FRAMES, a RESTART checkpoint (writers wait, for at most
-    the `restart_wait` busy timeout) rewinds it. One per process, started by the
-    first write.
+    the `restart_wait` busy timeout) rewinds it; when a long reader keeps it from
+    finishing, the next RESTART waits RESTART_BACKOFF_SECONDS. One per process,
+    started by the first write.
     """
 
     INTERVAL_SECONDS = 0.1
     RESTART_FRAMES = 4000  # a 16 MiB WAL (4 KiB pages)
+    RESTART_BACKOFF_SECONDS = 1.0
 
     def __init__(self, path: str, queries: Queries, write_lock: threading.Lock):
         self.path, self.queries, self.write_lock, self.pid = path, queries, write_lock, os.getpid()
         self._conn: sqlite3.Connection | None = None
         self._wanted = threading.Event()
         self._stopping = False
+        self._restart_after = 0.0
         self.done = threading.Event()  # set after each checkpoint; tests wait on it
         threading.Thread(target=self._run, name="sqlite-checkpointer", daemon=True).start()
 
@@ -311,14 +314,16 @@ class Checkpointer:
                 self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 self._conn.execute(self.queries["pragma.restart_wait"])
             _busy, wal_frames, _copied = self._conn.execute(self.queries["wal_checkpoint"]).fetchone()
-            if wal_frames >= self.RESTART_FRAMES:
+            if wal_frames >= self.RESTART_FRAMES and time.monotonic() >= self._restart_after:
                 # Under steady writes a PASSIVE checkpoint never catches up with the end of the
                 # WAL, and SQLite only rewinds a WAL that was copied in full: without this the
                 # file would grow without bound. RESTART copies the few frames written since the
                 # PASSIVE pass while holding writers off, so the next write starts at the top.
                 # This process's writers wait on their lock, so that they cannot starve it.
                 with self.write_lock:
-                    self._conn.execute(self.queries["wal_restart"]).fetchall()
+                    busy, _, _ = self._conn.execute(self.queries["wal_restart"]).fetchone()
+                if busy:  # a reader still uses an old snapshot (a CSV export): let writers be a while
+                    self._restart_after = time.monotonic() + self.RESTART_BACKOFF_SECONDS
             self.done.set()
         except sqlite3.Error as exc:  # disk full, file gone: the next write wakes us again
             log.warning("sqlite.checkpoint_failed", extra={"fields": {"error": str(exc)}})

@@ -61,5 +61,6 @@ PRAGMA wal_checkpoint(RESTART);
 
 -- name: pragma.restart_wait
 -- The Checkpointer's RESTART waits at most this long for the current writer and for readers
--- of older snapshots (a long CSV export); it tries again at the next checkpoint.
-PRAGMA busy_timeout = 100;
+-- of older snapshots (a long CSV export), holding writers off meanwhile; after a reader made
+-- it give up, it waits a second before trying again.
+PRAGMA busy_timeout = 50;
