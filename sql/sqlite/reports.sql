@@ -33,9 +33,10 @@ substr(processed_at, 1, 13) || ':00:00.000000Z'
 substr(processed_at, 1, 10) || 'T00:00:00.000000Z'
 
 -- name: timeseries_created
--- Records created per bucket, by current status.
+-- Records created per bucket, by current status. Naming every status lets SQLite read the
+-- (status, created_at, id) index alone, one range per status, instead of visiting each row.
 SELECT {bucket} AS start, status, count(*) AS n
-FROM records WHERE {filters}
+FROM records WHERE status IN ('pending', 'processed', 'failed') AND {filters}
 GROUP BY 1, 2;
 
 -- name: timeseries_finished
