@@ -16,38 +16,41 @@ processed_at >= %(processed_from)s::timestamptz
 processed_at <= %(processed_to)s::timestamptz
 
 -- name: bucket.hour.created_at
--- The UTC hour a record was created in.
-to_char(date_trunc('hour', created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+-- The UTC hour a record was created in. (a timestamp: the queries group on it and format only the groups)
+date_trunc('hour', created_at AT TIME ZONE 'UTC')
 
 -- name: bucket.day.created_at
--- The UTC day a record was created on.
-to_char(date_trunc('day', created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+-- The UTC day a record was created on. (a timestamp: the queries group on it and format only the groups)
+date_trunc('day', created_at AT TIME ZONE 'UTC')
 
 -- name: bucket.hour.processed_at
--- The UTC hour a record reached its terminal state in.
-to_char(date_trunc('hour', processed_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+-- The UTC hour a record reached its terminal state in. (a timestamp: the queries group on it and format only the groups)
+date_trunc('hour', processed_at AT TIME ZONE 'UTC')
 
 -- name: bucket.day.processed_at
--- The UTC day a record reached its terminal state on.
-to_char(date_trunc('day', processed_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+-- The UTC day a record reached its terminal state on. (a timestamp: the queries group on it and format only the groups)
+date_trunc('day', processed_at AT TIME ZONE 'UTC')
 
 -- name: timeseries_created
 -- Records created per bucket, by current status.
-SELECT {bucket} AS start, status, count(*) AS n
-FROM records WHERE {filters}
-GROUP BY 1, 2;
+SELECT to_char(bucket, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS start, status, n
+FROM (SELECT {bucket} AS bucket, status, count(*) AS n
+      FROM records WHERE {filters}
+      GROUP BY 1, 2) AS grouped;
 
 -- name: timeseries_finished
 -- Records that reached processed or failed per bucket, with processing latency percentiles.
-SELECT {bucket} AS start, status, count(*) AS n,
-       avg(extract(epoch FROM processed_at - created_at) * 1000)::float8 AS latency_avg_ms,
-       max(extract(epoch FROM processed_at - created_at) * 1000)::float8 AS latency_max_ms,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at) * 1000)
-           AS latency_p50_ms,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at) * 1000)
-           AS latency_p95_ms
-FROM records WHERE {filters} AND status IN ('processed', 'failed')
-GROUP BY 1, 2;
+SELECT to_char(bucket, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS start, status, n,
+       latency_avg_ms, latency_max_ms, latency_p50_ms, latency_p95_ms
+FROM (SELECT {bucket} AS bucket, status, count(*) AS n,
+             avg(extract(epoch FROM processed_at - created_at) * 1000)::float8 AS latency_avg_ms,
+             max(extract(epoch FROM processed_at - created_at) * 1000)::float8 AS latency_max_ms,
+             percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at) * 1000)
+                 AS latency_p50_ms,
+             percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at) * 1000)
+                 AS latency_p95_ms
+      FROM records WHERE {filters} AND status IN ('processed', 'failed')
+      GROUP BY 1, 2) AS grouped;
 
 -- name: latest_failures
 -- The most recent failures, newest first, for the dashboard.
