@@ -179,6 +179,8 @@ def cmd_serve(args, settings: Settings) -> int:
         "--worker-class", "gthread",
         "--threads", str(args.threads),
         "--keep-alive", str(args.keep_alive),
+        # gunicorn's largest request line (its default is 4,094 bytes; the old service took longer).
+        "--limit-request-line", "8190",
         "--timeout", "30",
         "--graceful-timeout", "20",
         "--log-level", "warning",
