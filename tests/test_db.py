@@ -34,7 +34,7 @@ def test_sqlite_connection_settings(tmp_path):
     with wsgi.db.write():
         writer = wsgi.db._connection("write")
         assert writer.execute("PRAGMA temp_store").fetchone()[0] == 2  # statement journals in memory
-        assert writer.execute("PRAGMA cache_size").fetchone()[0] == -16384
+        assert writer.execute("PRAGMA cache_size").fetchone()[0] == -8192
     wsgi.db.close()
 
 

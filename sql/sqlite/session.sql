@@ -25,10 +25,10 @@ BEGIN IMMEDIATE;
 SELECT 1 AS ok;
 
 -- name: pragma.write_cache
--- The process's one write connection keeps 16 MiB of pages (SQLite's default is 2 MiB):
+-- The process's one write connection keeps 8 MiB of pages (SQLite's default is 2 MiB):
 -- inserts with random-uuid keys touch index pages all over the file, and each page not
 -- cached is read again before it is changed.
-PRAGMA cache_size = -16384;
+PRAGMA cache_size = -8192;
 
 -- name: pragma.read_cache
 -- A read connection per thread: SQLite's default 2 MiB. Pages missing here come from the
