@@ -220,6 +220,8 @@ def test_postgresql_count_shards_cannot_deadlock(pg_server_url):
             first, second = by_shard[shard], conn
             break
         by_shard[shard] = conn
+    watcher = psycopg.connect(conninfo, autocommit=True)
+    conns.append(watcher)
     try:
         ids = {}
         for name, category in (("x", "c1"), ("y", "c2"), ("z", "c2"), ("w", "c1")):
@@ -243,8 +245,9 @@ def test_postgresql_count_shards_cannot_deadlock(pg_server_url):
             thread = threading.Thread(target=other)
             thread.start()
             deadline = time.monotonic() + 10
-            while first.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
-                                (second.info.backend_pid,)).fetchone()[0] != "Lock":
+            # Asked from a connection of its own: inside a transaction, pg_stat_activity is a snapshot.
+            while watcher.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                  (second.info.backend_pid,)).fetchone()[0] != "Lock":
                 assert time.monotonic() < deadline, "the other transaction never waited for a lock"
             first.execute(done, (ids["z"],))  # c2 counts: without the shard lock, a cycle
         thread.join(timeout=30)
