@@ -42,28 +42,30 @@ def fingerprint(method: str, path: str, document) -> str:
 
 
 def run_once(db: Database, key: str | None, request_hash: str, create: Callable[[Session], T],
-             render: Callable[[T], str], now: Callable[[], str] = utc_now_text) -> tuple[int, str, bool]:
+             render: Callable[[T], str], now: Callable[[], str] = utc_now_text) -> tuple[int, str, T | None]:
     """Run `create` in a write transaction unless `key` already has a response.
 
     `render` turns what `create` returned into the 201 response's JSON text;
     without a key that happens after the commit, outside the write lock.
-    Returns (status, JSON text, replayed). The same key with another request
-    is a 409 Conflict.
+    Returns (status, JSON text, what `create` returned), the last None when
+    the key's stored response was replayed. The same key with another
+    request is a 409 Conflict.
     """
     if key is None:
         with db.write() as s:
             created = create(s)
-        return 201, render(created), False
+        return 201, render(created), created
     with db.write() as s:
         if s.one("idempotency.claim", {"key": key, "request_hash": request_hash, "now": now()}) is not None:
-            body = render(create(s))
+            created = create(s)
+            body = render(created)
             s.run("idempotency.store", {"key": key, "status_code": 201, "response": body})
-            return 201, body, False
+            return 201, body, created
         stored = s.one("idempotency.get", {"key": key})
     if stored["request_hash"] != request_hash:
         raise Conflict("Idempotency-Key was already used with a different request",
                        details={"idempotency_key": key})
-    return stored["status_code"], stored["response"], True
+    return stored["status_code"], stored["response"], None
 
 
 def expire(db: Database, ttl_hours: float, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> int:

@@ -67,17 +67,12 @@ class _Ingest:
         """Create the body's records (or replay the key's response); return the rows created now."""
         body = validate_body(read_json_body(req, self.max_body_bytes), schema)
         rows = new_rows(records(body), self.new_id)
-        created: list[dict] = []
-
-        def create(s: Session) -> list[dict]:
-            created.extend(insert_records(s, rows, req.context.request_id, self.now()))
-            return created
-
         key = idempotency_key(req)
         request_hash = fingerprint("POST", path, body) if key else ""
-        status, text, replayed = run_once(self.db, key, request_hash, create, render)
+        status, text, created = run_once(
+            self.db, key, request_hash, lambda s: insert_records(s, rows, req.context.request_id, self.now()), render)
         send_json(resp, text, status)
-        if replayed:
+        if created is None:
             resp.set_header("Idempotent-Replayed", "true")
             return []
         return created
