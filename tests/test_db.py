@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -53,6 +54,11 @@ def test_sqlite_checkpoints_outside_the_request(tmp_path):
     assert checkpointer.done.wait(10)
     assert path.stat().st_size > size_before + 500 * 1000  # the records reached the database file
     assert app.get("/records?limit=1").json["total"] == 1000
+
+    worker_thread = threading.Thread(target=wsgi.db.release_thread)  # a queue worker thread ending
+    worker_thread.start()
+    worker_thread.join()
+    assert wsgi.db._checkpointer is checkpointer and wsgi.db._writer is not None  # the process's stay
 
     wsgi.db.close()  # stops the thread after a last checkpoint
     assert wsgi.db._checkpointer is None

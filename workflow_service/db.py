@@ -230,31 +230,31 @@ class SQLiteDatabase(Database):
         self._wal_grew()
 
     def _wal_grew(self) -> None:
-        checkpointer = self._checkpointer
+        checkpointer = self._checkpointer  # read without the lock: a RESTART may hold it for a while
         if checkpointer is None or checkpointer.pid != os.getpid():  # none yet, or the parent's before a fork
             with self._write_lock:
-                if self._checkpointer is checkpointer:
-                    self._checkpointer = Checkpointer(self.path, self.queries, self._write_lock)
-            checkpointer = self._checkpointer
+                checkpointer = self._checkpointer
+                if checkpointer is None or checkpointer.pid != os.getpid():
+                    checkpointer = self._checkpointer = Checkpointer(self.path, self.queries, self._write_lock)
         checkpointer.wake()
 
     def release_thread(self) -> None:
-        """Close the calling thread's connection."""
-        self.close()
+        """Close the calling thread's read connection; the process's writer and checkpointer stay."""
+        conn, self._local.read = getattr(self._local, "read", None), None
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
 
     def close(self) -> None:
         """Close this thread's read connection and the write connection; stop the checkpointer.
 
         The next read or write opens what it needs again.
         """
-        conn, self._local.read = getattr(self._local, "read", None), None
-        if conn is not None:
-            conn.close()
+        self.release_thread()
         with self._write_lock:
             writer, self._writer = self._writer, None
             if writer is not None and self._writer_pid == os.getpid():
                 writer.close()
-        checkpointer, self._checkpointer = self._checkpointer, None
+            checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None and checkpointer.pid == os.getpid():
             checkpointer.stop()
 
