@@ -270,8 +270,7 @@ def cmd_worker(args, settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     db = open_database(settings)
-    worker = Worker(db, build_registry(settings, load_processors(args.processors or os.environ.get(
-        "WORKFLOW_PROCESSORS"))), batch_size=args.batch_size,
+    worker = Worker(db, args.registry, batch_size=args.batch_size,
                     idempotency_ttl_hours=settings.idempotency_ttl_hours)
     try:
         totals = run_workers(worker, concurrency=args.concurrency, once=args.once,
@@ -420,8 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     # SPEC: logs are JSON lines on stdout; one-shot commands keep stdout for their answer.
     configure_logging(settings.log_level, stream=sys.stdout if args.command in ("serve", "worker") else sys.stderr)
     try:
-        # A broken category schema or processor module stops every command at start-up.
-        build_registry(settings, load_processors(getattr(args, "processors", None)))
+        # A broken category schema or processor module stops every command at start-up;
+        # `worker` runs with this registry, `serve`'s workers build theirs from the same spec.
+        spec = getattr(args, "processors", None) or os.environ.get("WORKFLOW_PROCESSORS")
+        args.registry = build_registry(settings, load_processors(spec))
     except ConfigError as exc:
         sys.stderr.write(f"workflow: configuration error: {exc}\n")
         return 2

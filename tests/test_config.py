@@ -349,3 +349,10 @@ def test_conninfo_of_conftest_style_url_connects(pg_server_url):
     schema = dict(query_of(url))["options"].split("=", 1)[1]
     with psycopg.connect(conninfo, autocommit=True) as conn:
         assert conn.execute("SELECT current_schema()").fetchone()[0] == schema
+
+
+def test_a_bad_workflow_processors_variable_stops_the_worker_with_one_line(tmp_path):
+    """The worker falls back to WORKFLOW_PROCESSORS; a bad value is a configuration error, not a traceback."""
+    result = run_cli(tmp_path, "worker", "--once", WORKFLOW_PROCESSORS="no_such_module_here:PROCESSORS")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("workflow: configuration error:") and "Traceback" not in result.stderr
