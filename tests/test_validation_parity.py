@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workflow_service.validation import _schema_names, fast_validator_for, load_schema, validator_for
+from workflow_service.validation import fast_validator_for, load_schema, schema_names, validator_for
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20),
                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=140),
@@ -26,7 +26,7 @@ def documents_for(schema: dict):
     return st.one_of(JSON, st.dictionaries(st.sampled_from(names), values, max_size=len(names)))
 
 
-@pytest.mark.parametrize("name", _schema_names())
+@pytest.mark.parametrize("name", schema_names())
 def test_fast_and_explaining_validators_agree(name):
     fast, explaining = fast_validator_for(name), validator_for(name)
 

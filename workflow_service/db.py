@@ -111,13 +111,18 @@ class _SQLiteSession(Session):
             self._cur.execute(statement)
 
 
+def has_sql(text: str) -> bool:
+    """Whether `text` holds anything but blank lines and `--` comments."""
+    return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())
+
+
 def split_sqlite_statements(text: str) -> list[str]:
     """Split a script into complete statements (semicolons in strings and triggers are respected)."""
     statements, current = [], ""
     for piece in text.split(";"):
         current += piece + ";"
         if sqlite3.complete_statement(current):
-            if any(line.strip() and not line.strip().startswith("--") for line in current[:-1].splitlines()):
+            if has_sql(current[:-1]):
                 statements.append(current)
             current = ""
     return statements

@@ -20,7 +20,7 @@ import re
 from .errors import ValidationFailed, problem
 
 FILTERS = ("status", "category", "source")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 CSV_COLUMNS = ("id", "source", "category", "status", "classification", "score", "error", "attempts",
                "created_at", "updated_at", "processed_at", "payload", "result")
@@ -82,7 +82,7 @@ def decode_cursor(query: dict, token: str) -> dict:
         raise bad("was made for other filters or another sort; start again without a cursor")
     value, record_id = data["v"], data["id"]
     valid_value = isinstance(value, str) and (query["sort_by"] != "created_at" or _STAMP.match(value))
-    if not valid_value or not isinstance(record_id, str) or not _UUID.match(record_id):
+    if not valid_value or not isinstance(record_id, str) or not UUID_RE.match(record_id):
         raise bad("is not a cursor returned by this service")
     return {"cursor_value": value, "cursor_id": record_id}
 

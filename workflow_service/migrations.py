@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .db import Database
+from .db import Database, has_sql
 from .errors import DatabaseUnavailable
 from .sqlfiles import SQL_DIR
 from .timeutil import utc_now_text
@@ -65,7 +65,7 @@ def parse_migration(path: Path) -> Migration:
         if marker not in sections:
             raise MigrationError(f"{path}: no '{marker}' section; add a line '{marker}' followed by its SQL")
     up = "\n".join(sections[UP]).strip()
-    if not _has_sql(up):
+    if not has_sql(up):
         raise MigrationError(f"{path}: the '{UP}' section is empty")
     return Migration(
         version=int(match.group(1)),
@@ -75,10 +75,6 @@ def parse_migration(path: Path) -> Migration:
         checksum=hashlib.sha256(data).hexdigest(),
         path=path,
     )
-
-
-def _has_sql(text: str) -> bool:
-    return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())
 
 
 def load_migrations(dialect: str, root: Path = SQL_DIR / "migrations") -> list[Migration]:

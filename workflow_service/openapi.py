@@ -23,14 +23,15 @@ import falcon
 from falcon import inspect
 
 from .errors import NotFound
-from .validation import SCHEMA_DIR, load_schema
+from .middleware import REQUEST_ID_RE
+from .validation import SCHEMA_DIR, load_schema, schema_names
 
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "docs"
 SWAGGER_UI_VERSION = "5.35.0"  # npm swagger-ui-dist, Apache-2.0; see docs/api.md
 JSON = "application/json"
 CSV = "text/csv"
 HTML = "text/html"
-ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"  # middleware.REQUEST_ID_RE
+ID_PATTERN = REQUEST_ID_RE.pattern
 
 # Status -> (error code, when). Every error body is the envelope of schemas/responses/error.json.
 ERRORS = {
@@ -201,23 +202,13 @@ def route_coverage(app: falcon.App) -> tuple[list, list]:
 # ---------------------------------------------------------------- schemas
 
 
-def schema_files(schema_dir: Path = SCHEMA_DIR) -> list[str]:
-    """Every request, query and response schema (category schemas are the embedder's own)."""
-    names = []
-    for path in sorted(schema_dir.glob("**/*.json")):
-        relative = path.relative_to(schema_dir)
-        if "categories" not in relative.parts:
-            names.append(relative.as_posix())
-    return names
-
-
 def component_schemas(schema_dir: Path = SCHEMA_DIR) -> tuple[dict, dict]:
     """(components.schemas by title, schema file -> component name).
 
     The files are used as they are (OpenAPI 3.1 is JSON Schema 2020-12); only
     `$id`-relative references are rewritten to point inside the document.
     """
-    loaded = {name: load_schema(name, schema_dir) for name in schema_files(schema_dir)}
+    loaded = {name: load_schema(name, schema_dir) for name in schema_names(schema_dir)}
     by_id = {schema["$id"]: schema["title"] for schema in loaded.values()}
     titles = [schema["title"] for schema in loaded.values()]
     duplicates = {t for t in titles if titles.count(t) > 1}

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Callable
 
 from .db import Database, Session
 from .errors import NotFound, ValidationFailed, problem
 from .idempotency import fingerprint, idempotency_key, run_once
-from .listing import csv_lines, decode_cursor, encode_cursor, filter_fragments, has_date_filter, wants_csv
+from .listing import UUID_RE, csv_lines, decode_cursor, encode_cursor, filter_fragments, has_date_filter, wants_csv
 from .states import PENDING, PROCESSED, ProcessorRegistry, transition
 from .timeutil import utc_now_text
 from .validation import parse_query, read_json_body, validate_body
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_LIMIT = 200
 
 

@@ -34,7 +34,7 @@ def load_schema(name: str, schema_dir: Path = SCHEMA_DIR) -> dict:
 def schema_registry(schema_dir: Path = SCHEMA_DIR) -> Registry:
     """Every request schema by its `$id`, so that schemas can `$ref` each other."""
     resources = []
-    for name in _schema_names(schema_dir):
+    for name in schema_names(schema_dir):
         schema = load_schema(name, schema_dir)
         resources.append((schema["$id"], Resource.from_contents(schema)))
     return Registry().with_resources(resources)
@@ -61,13 +61,14 @@ def fast_validator_for(name: str):
     def absolute(schema: dict) -> dict:
         return {**schema, "$id": _BASE + schema["$id"]}
 
-    schemas = [absolute(load_schema(n)) for n in _schema_names()]
+    schemas = [absolute(load_schema(n)) for n in schema_names()]
     registry = jsonschema_rs.Registry([(schema["$id"], schema) for schema in schemas])
     return jsonschema_rs.validator_for(absolute(load_schema(name)), registry=registry)
 
 
 @cache
-def _schema_names(schema_dir: Path = SCHEMA_DIR) -> tuple[str, ...]:
+def schema_names(schema_dir: Path = SCHEMA_DIR) -> tuple[str, ...]:
+    """Every request, query and response schema (category schemas are the embedder's own)."""
     return tuple(str(p.relative_to(schema_dir)) for p in sorted(schema_dir.glob("**/*.json"))
                  if "categories" not in p.relative_to(schema_dir).parts)
 
