@@ -303,7 +303,7 @@ def cmd_cleanup(args, settings: Settings) -> int:
 
 def cmd_import(args, settings: Settings) -> int:
     """Validate a CSV/TSV/JSON/NDJSON file, then import it in batches with progress."""
-    from workflow_service.importer import ImportFailed, import_file
+    from workflow_service.importer import MAX_REPORTED, ImportFailed, import_file
 
     path = Path(args.file)
     if not path.is_file():
@@ -315,7 +315,7 @@ def cmd_import(args, settings: Settings) -> int:
                            progress=lambda n, total: sys.stderr.write(f"imported {n}/{total} records\n"))
     except ImportFailed as exc:
         sys.stderr.write(f"workflow: import: nothing imported, {len(exc.problems)} problem(s):\n")
-        for line in exc.problems[:50]:
+        for line in exc.problems[:MAX_REPORTED]:
             sys.stderr.write(f"  {line}\n")
         if len(exc.problems) > 50:
             sys.stderr.write(f"  ... and {len(exc.problems) - 50} more\n")
