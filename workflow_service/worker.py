@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .db import Database
 from .errors import DatabaseUnavailable
 from .idempotency import expire
-from .states import PROCESSED, ProcessorRegistry, apply_transition
+from .states import FAILED, PROCESSED, ProcessorRegistry, apply_transition
 from .timeutil import utc_now_text
 
 log = logging.getLogger("workflow.worker")
@@ -55,6 +55,7 @@ class Worker:
         self.idempotency_ttl_hours = idempotency_ttl_hours
         self.cleanup_every_seconds = cleanup_every_seconds
         self._last_cleanup = float("-inf")
+        self._cleanup_lock = threading.Lock()  # worker threads share one Worker
 
     def run_batch(self, actor: str | None = None) -> BatchStats:
         """Claim and process one batch in one transaction."""
@@ -66,9 +67,9 @@ class Worker:
             for row in rows:
                 updated = apply_transition(s, row, PROCESSED, registry=self.registry,
                                            actor=actor or self.worker_id, now=self.now)
-                if updated["status"] == "processed":
+                if updated["status"] == PROCESSED:
                     stats.processed += 1
-                elif updated["status"] == "failed":
+                elif updated["status"] == FAILED:
                     stats.failed += 1
                 else:
                     stats.retried_later += 1
@@ -81,21 +82,19 @@ class Worker:
 
     def cleanup(self, force: bool = False) -> None:
         """Expire old idempotency keys, at most every `cleanup_every_seconds`."""
-        if not force and time.monotonic() - self._last_cleanup < self.cleanup_every_seconds:
-            return
-        self._last_cleanup = time.monotonic()
+        with self._cleanup_lock:
+            if not force and time.monotonic() - self._last_cleanup < self.cleanup_every_seconds:
+                return
+            self._last_cleanup = time.monotonic()
         removed = expire(self.db, self.idempotency_ttl_hours)
         if removed:
             log.info("worker.idempotency_expired", extra={"fields": {"removed": removed}})
 
-    def drain(self, stop: threading.Event | None = None, actor: str | None = None,
-              max_batches: int | None = None) -> BatchStats:
+    def drain(self, stop: threading.Event | None = None, actor: str | None = None) -> BatchStats:
         """Process batches until none is eligible (or `stop` is set); return the totals."""
         total = BatchStats()
-        batches = 0
-        while not (stop and stop.is_set()) and (max_batches is None or batches < max_batches):
+        while not (stop and stop.is_set()):
             stats = self.run_batch(actor)
-            batches += 1
             total.add(stats)
             if stats.claimed == 0:
                 break
