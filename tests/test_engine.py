@@ -12,7 +12,7 @@ from webtest import TestApp
 
 from workflow import TransientError, build_registry, create_app
 from workflow_service.config import ConfigError
-from workflow_service.states import PROCESSED, transition
+from workflow_service.states import PROCESSED, ProcessorRegistry, transition
 from workflow_service.timeutil import to_text
 from workflow_service.worker import Worker
 
@@ -188,7 +188,7 @@ def test_worker_and_api_never_both_win(make_app, database_url):
     app = make_app()
     wsgi = app.app
     rec = app.post_json("/records", {"source": "s", "category": "c", "payload": {}}).json
-    transition(wsgi.db, rec["id"], PROCESSED)
+    transition(wsgi.db, rec["id"], PROCESSED, registry=ProcessorRegistry())
     assert Worker(wsgi.db, build_registry(settings)).drain().claimed == 0
     assert app.post(f"/records/{rec['id']}/process", expect_errors=True).status_int == 409
 

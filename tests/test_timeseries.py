@@ -30,10 +30,10 @@ def make(app, clock, when: datetime, n: int, priority=1, process=False, after: t
         {"source": "s", "category": "c", "payload": {"priority": priority}}] * n}).json["items"]]
     if process:
         for rid in ids:
-            from workflow_service.states import PROCESSED, transition
+            from workflow_service.states import PROCESSED, ProcessorRegistry, transition
 
             clock.moment = when + after
-            transition(app.app.db, rid, PROCESSED, now=clock)
+            transition(app.app.db, rid, PROCESSED, registry=ProcessorRegistry(), now=clock)
     return ids
 
 

@@ -169,20 +169,23 @@ def transition(
         row = s.one("lock_record", {"id": record_id})
         if row is None:
             raise NotFound("record not found")
-        return apply_transition(s, row, target, registry=registry or ProcessorRegistry(), actor=actor, now=now)
+        return apply_transition(s, row, target, registry=registry, actor=actor, now=now)
 
 
-def apply_transition(s, row: dict, target: str, *, registry: ProcessorRegistry, actor: str | None,
+def apply_transition(s, row: dict, target: str, *, registry: ProcessorRegistry | None, actor: str | None,
                      now: Callable[[], str] = utc_now_text) -> dict:
     """The transition itself, inside the caller's write transaction on a locked row.
 
     Shared by the HTTP API (one record) and the worker (a claimed batch).
+    Processing needs the app's or worker's `registry`; a retry needs none.
     """
     from_status = row["status"]
     if (from_status, target) not in ALLOWED:
         raise Conflict(f"record is {from_status}, cannot move it to {target}", details={"status": from_status})
     available_at = None
     if target == PROCESSED:
+        if registry is None:
+            raise TypeError("processing a record needs the app's or worker's ProcessorRegistry")
         outcome = registry.run(dict(row, payload=json.loads(row["payload"])))
         stamp = now()
         if outcome.transient:
