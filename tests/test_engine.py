@@ -13,7 +13,7 @@ from webtest import TestApp
 from workflow import TransientError, build_registry, create_app
 from workflow_service.config import ConfigError
 from workflow_service.states import PROCESSED, ProcessorRegistry, transition
-from workflow_service.timeutil import to_text
+from workflow_service.timeutil import later, to_text, utc_now_text
 from workflow_service.worker import Worker
 
 
@@ -315,7 +315,7 @@ def test_cleanup_expires_only_old_keys(make_app):
     wsgi = app.app
     app.post_json("/records", {"source": "s", "category": "c", "payload": {}}, headers={"Idempotency-Key": "old"})
     assert expire(wsgi.db, 24) == 0
-    assert expire(wsgi.db, 24, now=lambda: datetime.now(timezone.utc) + timedelta(hours=25)) == 1
+    assert expire(wsgi.db, 24, now=lambda: later(utc_now_text(), 25 * 3600)) == 1
     again = app.post_json("/records", {"source": "s", "category": "c", "payload": {}},
                           headers={"Idempotency-Key": "old"})
     assert "Idempotent-Replayed" not in again.headers

@@ -13,12 +13,11 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 
 from .db import Database, Session
 from .errors import Conflict, ValidationFailed, problem
-from .timeutil import to_text, utc_now_text
+from .timeutil import later, utc_now_text
 
 T = TypeVar("T")
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -68,8 +67,8 @@ def run_once(db: Database, key: str | None, request_hash: str, create: Callable[
     return stored["status_code"], stored["response"], None
 
 
-def expire(db: Database, ttl_hours: float, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> int:
+def expire(db: Database, ttl_hours: float, now: Callable[[], str] = utc_now_text) -> int:
     """Delete keys older than `ttl_hours`; return how many."""
-    cutoff = to_text(now() - timedelta(hours=ttl_hours))
+    cutoff = later(now(), -ttl_hours * 3600)
     with db.write() as s:
         return s.run("idempotency.expire", {"cutoff": cutoff})

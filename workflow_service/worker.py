@@ -86,7 +86,7 @@ class Worker:
             if not force and time.monotonic() - self._last_cleanup < self.cleanup_every_seconds:
                 return
             self._last_cleanup = time.monotonic()
-        removed = expire(self.db, self.idempotency_ttl_hours)
+        removed = expire(self.db, self.idempotency_ttl_hours, now=self.now)
         if removed:
             log.info("worker.idempotency_expired", extra={"fields": {"removed": removed}})
 
