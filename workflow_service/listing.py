@@ -42,9 +42,14 @@ def filter_fragments(query: dict, after: str, before: str) -> tuple[tuple[str, .
     return tuple(names), params
 
 
+def is_date_filter(name: str) -> bool:
+    """Whether a filter fragment bounds created_at."""
+    return name.startswith("filter.created")
+
+
 def has_date_filter(filters: tuple[str, ...]) -> bool:
     """Whether the filters bound created_at (the maintained counts cannot answer those)."""
-    return any(f.startswith("filter.created") for f in filters)
+    return any(map(is_date_filter, filters))
 
 
 def scope_digest(query: dict) -> str:

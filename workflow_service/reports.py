@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from .db import Database
 from .errors import ValidationFailed, problem
-from .listing import csv_lines, filter_fragments, has_date_filter, wants_csv
+from .listing import FILTERS, csv_lines, filter_fragments, has_date_filter, is_date_filter, wants_csv
 from .states import STATUSES
 from .timeutil import from_text, to_text, utc_now_text
 from .validation import parse_query
@@ -15,7 +15,7 @@ from .validation import parse_query
 MAX_BUCKETS = 10_000
 BUCKET_STEP = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 DEFAULT_SPAN = {"hour": timedelta(hours=23), "day": timedelta(days=29)}
-SUMMARY_FILTERS = ("status", "category", "source", "date_from", "date_to")
+SUMMARY_FILTERS = (*FILTERS, "date_from", "date_to")
 
 
 def _group(rows: list[dict], dimension: str) -> list[dict]:
@@ -87,7 +87,7 @@ def timeseries(db: Database, query: dict, now: Callable[[], str] = utc_now_text)
                                                 f"the range holds {count} {bucket} buckets; at most {MAX_BUCKETS}")])
     lower, upper = to_text(start), to_text(end)
     created_filters, params = filter_fragments(dict(query, date_from=lower, date_to=upper), "date_from", "date_to")
-    finished_filters = tuple(f for f in created_filters if not f.startswith("filter.created")) + (
+    finished_filters = tuple(f for f in created_filters if not is_date_filter(f)) + (
         "filter.processed_from", "filter.processed_to")
     params.update(processed_from=lower, processed_to=upper)
     with db.read(snapshot=True) as s:
@@ -114,7 +114,7 @@ def timeseries(db: Database, query: dict, now: Callable[[], str] = utc_now_text)
             for name in ("latency_p50_ms", "latency_p95_ms", "latency_avg_ms", "latency_max_ms"):
                 item[name] = None if row[name] is None else round(float(row[name]), 3)
     return {"bucket": bucket, "date_from": lower, "date_to": upper,
-            "filters": {name: query.get(name) for name in ("status", "category", "source")},
+            "filters": {name: query.get(name) for name in FILTERS},
             "items": list(items.values())}
 
 
