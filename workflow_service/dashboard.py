@@ -102,10 +102,15 @@ class Dashboard:
         self.db, self.project_name, self.now = db, project_name, now
 
     def on_get(self, req, resp):
-        report = summary(self.db, {}, self.now)
-        day = timeseries(self.db, {"bucket": "hour"}, self.now)
-        week_start = bucket_start(from_text(self.now()) - timedelta(days=6), "day")
-        week = timeseries(self.db, {"bucket": "day", "date_from": to_text(week_start)}, self.now)
+        stamp = self.now()  # one "now" for every part of the page
+
+        def now() -> str:
+            return stamp
+
+        report = summary(self.db, {}, now)
+        day = timeseries(self.db, {"bucket": "hour"}, now)
+        week_start = bucket_start(from_text(stamp) - timedelta(days=6), "day")
+        week = timeseries(self.db, {"bucket": "day", "date_from": to_text(week_start)}, now)
         with self.db.read() as s:
             failures = s.all("latest_failures", {"limit": 10})
         base = req.root_path
