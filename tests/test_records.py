@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
+
+from workflow_service import records
 
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 
@@ -21,6 +24,31 @@ def test_create_returns_the_record_with_location(app):
     assert record["result"] is record["classification"] is record["score"] is record["error"] is None
     assert record["processed_at"] is None
     assert RFC3339.match(record["created_at"]) and record["created_at"] == record["updated_at"]
+
+
+def test_record_ids_are_uuid4_led_by_the_time_in_milliseconds(monkeypatch):
+    clock = iter([1_700_000_000_123_000_000, 1_700_000_000_123_999_999, 1_700_000_000_124_000_000])
+    monkeypatch.setattr(records.time, "time_ns", lambda: next(clock))
+    first, same_ms, next_ms = (records.new_record_id() for _ in range(3))
+    for rid in (first, same_ms, next_ms):
+        parsed = uuid.UUID(rid)
+        assert str(parsed) == rid and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert first.replace("-", "")[:12] == same_ms.replace("-", "")[:12] == f"{1_700_000_000_123:012x}"
+    assert next_ms.replace("-", "")[:12] == f"{1_700_000_000_124:012x}"
+    assert max(first, same_ms) < next_ms
+
+
+def test_record_ids_keep_74_random_bits(monkeypatch):
+    monkeypatch.setattr(records.time, "time_ns", lambda: 1_700_000_000_000_000_000)
+    ids = {records.new_record_id() for _ in range(20_000)}
+    assert len(ids) == 20_000
+    any_one, all_one = 0, (1 << 128) - 1
+    for rid in ids:
+        any_one |= uuid.UUID(rid).int
+        all_one &= uuid.UUID(rid).int
+    varying = any_one & ~all_one
+    fixed = {bit for bit in range(128) if not varying >> bit & 1}
+    assert fixed == set(range(80, 128)) | {76, 77, 78, 79, 62, 63}  # the time, the version, the variant
 
 
 def test_get_returns_what_create_stored(app, create_record):

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlite_utils.utils import Format, rows_from_file
 
 from .db import Database
-from .records import insert_records, new_rows
+from .records import insert_records, new_record_id, new_rows
 from .timeutil import utc_now_text
 from .validation import check_json_values, validate_body
 
@@ -82,10 +82,8 @@ def import_file(db: Database, path: Path, *, fmt: str | None = None, batch_size:
                 progress: Callable[[int, int], None] = lambda done, total: None,
                 new_id: Callable[[], str] | None = None) -> int:
     """Validate, then insert every row in batches; return how many were imported."""
-    import uuid
-
     total = check_file(path, fmt)
-    new_id = new_id or (lambda: str(uuid.uuid4()))
+    new_id = new_id or new_record_id
     batch, done = [], 0
     for row in read_rows(path, fmt):
         batch.append(to_record(row))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import uuid
+import os
+import time
 from collections.abc import Callable
 
 from .db import Database, Session
@@ -18,6 +19,22 @@ MAX_LIMIT = 200
 
 
 _encode = json.JSONEncoder(ensure_ascii=False).encode
+
+_RANDOM_BITS = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)  # 74 bits: all but version and variant
+_VERSION_4 = (0x4 << 76) | (0x2 << 62)  # version 4, RFC 4122 variant
+
+
+def new_record_id() -> str:
+    """A new record id: a UUID version 4 whose first 48 bits are the Unix time in milliseconds.
+
+    The other 74 bits are random. Random ids put every insert at a random place
+    in each index that holds ids (primary key, audit trail, the listings'
+    tie-break by id), so a 100-record batch dirtied ~500 pages; ids that start
+    with the time land together at the end (docs/decisions.md, "Record ids").
+    """
+    bits = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big") & _RANDOM_BITS | _VERSION_4
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def record_json(row: dict) -> str:
@@ -56,7 +73,7 @@ def checked_id(record_id: str) -> str:
 class _Ingest:
     """What `POST /records` and `POST /records/batch` share: read, validate, insert once per key."""
 
-    def __init__(self, db: Database, max_body_bytes: int, new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    def __init__(self, db: Database, max_body_bytes: int, new_id: Callable[[], str] = new_record_id,
                  now: Callable[[], str] = utc_now_text):
         self.db, self.max_body_bytes, self.new_id, self.now = db, max_body_bytes, new_id, now
 
