@@ -78,6 +78,19 @@ def test_postgresql_connections_are_reused(pg_app):
         assert s.one_sql("SELECT pg_backend_pid() AS pid")["pid"] == first
 
 
+def test_postgresql_snapshot_reads_are_repeatable_read_and_read_only_and_writes_are_not(pg_app):
+    app, _ = pg_app
+    db = app.app.db
+    settings = "SELECT current_setting('transaction_isolation') AS iso, current_setting('transaction_read_only') AS ro"
+    for _ in range(2):  # the same pooled connection, back and forth
+        with db.read(snapshot=True) as s:
+            assert s.one_sql(settings) == {"iso": "repeatable read", "ro": "on"}
+        with db.write() as s:
+            assert s.one_sql(settings) == {"iso": "read committed", "ro": "off"}
+        with db.read() as s:
+            assert s.one_sql(settings) == {"iso": "read committed", "ro": "off"}
+
+
 def test_postgresql_recovers_when_its_connections_are_killed(pg_app):
     app, database_url = pg_app
     assert app.get("/health").status_int == 200

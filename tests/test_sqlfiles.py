@@ -12,12 +12,13 @@ from workflow_service.sqlfiles import SQL_DIR, Queries, SQLFileError, load_queri
 DIALECTS = ("sqlite", "postgresql")
 NAME_LINE = re.compile(r"^--\s*name:\s*(\S+)\s*$")
 # Statements that exist in one dialect only, by design: SQLite connection pragmas and its
-# explicit BEGINs; PostgreSQL's snapshot isolation set-up. Anything else must exist in both.
+# explicit BEGINs. Anything else must exist in both (PostgreSQL's snapshot is psycopg's
+# BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY, db.py).
 ONLY_IN = {
     "sqlite": {"pragma.journal_mode", "pragma.synchronous", "pragma.foreign_keys", "pragma.write_cache",
                "pragma.read_cache", "pragma.temp_store", "pragma.no_auto_checkpoint", "pragma.no_busy_wait",
                "pragma.restart_wait", "wal_checkpoint", "wal_restart", "begin_read", "begin_write"},
-    "postgresql": {"begin_snapshot"},
+    "postgresql": set(),
 }
 
 

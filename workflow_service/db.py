@@ -454,8 +454,9 @@ class PostgresDatabase(Database):
         return self._pool
 
     @contextmanager
-    def _unit(self, transaction: bool, begin: str | None):
+    def _unit(self, transaction: bool, snapshot: bool = False):
         import psycopg
+        from psycopg import IsolationLevel
 
         pool = self._get_pool()
         try:
@@ -467,9 +468,10 @@ class PostgresDatabase(Database):
         try:
             with conn.cursor() as cur:
                 if transaction:
+                    # psycopg's BEGIN carries these: one round trip instead of BEGIN, then SET TRANSACTION.
+                    conn.isolation_level = IsolationLevel.REPEATABLE_READ if snapshot else None
+                    conn.read_only = True if snapshot else None
                     with conn.transaction():
-                        if begin:
-                            cur.execute(self.queries[begin])
                         yield _PostgresSession(cur, self.queries)
                 else:
                     yield _PostgresSession(cur, self.queries)
@@ -482,11 +484,11 @@ class PostgresDatabase(Database):
 
     def read(self, snapshot: bool = False):
         """A read; `snapshot=True` runs in one repeatable-read transaction."""
-        return self._unit(snapshot, "begin_snapshot" if snapshot else None)
+        return self._unit(snapshot, snapshot)
 
     def write(self):
         """A read-committed write transaction (rows are locked explicitly)."""
-        return self._unit(True, None)
+        return self._unit(True)
 
     def close(self) -> None:
         """Close the idle connections of this process."""
