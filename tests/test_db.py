@@ -31,6 +31,7 @@ def test_sqlite_connection_settings(tmp_path):
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 3000
     assert conn.execute("PRAGMA temp_store").fetchone()[0] == 0  # reports' sorts may spill to a file
     assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # the Checkpointer's job
+    assert conn.execute("PRAGMA cache_size").fetchone()[0] == -1024  # also bounds a report's in-memory sort
     assert wsgi.db._connection() is conn  # reused, not reopened
     with wsgi.db.write():
         writer = wsgi.db._connection("write")

@@ -31,9 +31,12 @@ SELECT 1 AS ok;
 PRAGMA cache_size = -8192;
 
 -- name: pragma.read_cache
--- A read connection per thread: SQLite's default 2 MiB. Pages missing here come from the
--- operating system's cache, which all connections and processes share.
-PRAGMA cache_size = -2048;
+-- A read connection per thread keeps 1 MiB of pages (the interior pages of the indexes a
+-- request walks; random leaves would miss any cache). Pages missing here come from the
+-- operating system's cache, which all connections and processes share. SQLite also sizes
+-- a connection's in-memory sort by it: at SQLite's default 2 MiB, four threads grouping a
+-- time series took a worker from 38 to 62 MiB; at 1 MiB to 52 MiB, at the same speed.
+PRAGMA cache_size = -1024;
 
 -- name: pragma.no_busy_wait
 -- The writer connection handles a busy database itself (db.py: SQLiteDatabase.write),
