@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -49,6 +50,16 @@ def test_record_ids_keep_74_random_bits(monkeypatch):
     varying = any_one & ~all_one
     fixed = {bit for bit in range(128) if not varying >> bit & 1}
     assert fixed == set(range(80, 128)) | {76, 77, 78, 79, 62, 63}  # the time, the version, the variant
+
+
+def test_record_json_is_json_dumps_of_the_record():
+    now = "2026-11-26T01:00:00.000000Z"
+    tricky = 'ü"\\\n\u2028\x00é😀\t'
+    row = {"id": "y", "source": tricky, "category": "c", "payload": '{"a": [1, 2.5, null]}', "status": "failed",
+           "result": '{"x": "ü"}', "classification": None, "score": 9, "error": tricky, "attempts": 10**20,
+           "created_at": now, "updated_at": now, "processed_at": None}
+    expected = dict(row, payload={"a": [1, 2.5, None]}, result={"x": "ü"}, score=9.0)
+    assert records.record_json(row) == json.dumps(expected, ensure_ascii=False)
 
 
 def test_get_returns_what_create_stored(app, create_record):

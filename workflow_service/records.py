@@ -19,6 +19,7 @@ MAX_LIMIT = 200
 
 
 _encode = json.JSONEncoder(ensure_ascii=False).encode
+_encode_str = json.encoder.encode_basestring
 
 _RANDOM_BITS = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)  # 74 bits: all but version and variant
 _VERSION_4 = (0x4 << 76) | (0x2 << 62)  # version 4, RFC 4122 variant
@@ -45,9 +46,13 @@ def record_json(row: dict) -> str:
     """
     parts = []
     for name, value in row.items():
-        if name in ("payload", "result"):
-            text = "null" if value is None else value
-        elif name == "score" and value is not None:
+        if value is None:
+            text = "null"
+        elif name in ("payload", "result"):
+            text = value
+        elif type(value) is str:
+            text = _encode_str(value)  # what _encode does for a str, minus its dispatch
+        elif name == "score":
             text = _encode(float(value))  # SQLite may hand back a whole REAL as int
         else:
             text = _encode(value)
@@ -149,7 +154,7 @@ def new_rows(bodies: list[dict], new_id: Callable[[], str]) -> list[dict]:
     """
     return [
         {"id": new_id(), "source": b["source"], "category": b["category"],
-         "payload": json.dumps(b["payload"], ensure_ascii=False)}
+         "payload": _encode(b["payload"])}
         for b in bodies
     ]
 
