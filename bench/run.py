@@ -55,6 +55,9 @@ SCENARIOS = [
     ("batch", "batch create (100)", {"svc"}),
     ("process", "process", {"svc", "peer"}),
 ]
+# Run after the wrk scenarios, on the service only: a CSV export of every record (its time and the
+# worker's peak RSS) and the worker drain (records per second with 1 and 2 worker processes).
+EXTRA_SCENARIOS = {"csv": "CSV export of every record", "drain": "worker drain"}
 
 DONE_LUA = """
 function done(s, latency, requests)
@@ -451,6 +454,11 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
                                 "p99_ms": statistics.median(r["p99_us"] for r in runs) / 1000,
                                 "non2xx": sum(r["non2xx"] for r in runs),
                                 "peak_mib": max(max(r["worker_peak_mib"] or [0]) for r in runs)}
+        if "csv" in args.scenarios:
+            results["csv"] = export_csv(servers["svc"])
+            log(f"{kind}: CSV export {results['csv']}")
+        if "drain" in args.scenarios:
+            results["drain"] = drain(env, svc_url, servers["svc"].base, rng, args)
         svc_statuses: dict[str, int] = {}
         for row in results["scenarios"].values():
             for r in row.get("svc_runs", []):
@@ -470,6 +478,55 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
             except Exception as exc:  # noqa: BLE001 - report and go on
                 log(f"could not drop {name}: {exc}")
     return results
+
+
+def export_csv(srv: Server) -> dict:
+    """Download every record as CSV; the worker's peak RSS before and after shows whether it streams."""
+    before = srv.worker_peaks_mib()
+    started, size, rows = time.monotonic(), 0, 0
+    with urllib.request.urlopen(srv.base + "/records?format=csv", timeout=1800) as resp:
+        while chunk := resp.read(1 << 20):
+            size += len(chunk)
+            rows += chunk.count(b"\n")
+    return {"seconds": round(time.monotonic() - started, 1), "mib": round(size / 2**20, 1),
+            "lines": rows, "peak_rss_before_mib": before, "peak_rss_after_mib": srv.worker_peaks_mib()}
+
+
+def count_pending(url: str) -> int:
+    return query(url, "SELECT count(*) FROM records WHERE status = 'pending'")[0][0]
+
+
+def run_drain(env: dict, url: str, processes: int) -> dict:
+    """Start `processes` × `python -m workflow worker --once` (its defaults) and time them to the end."""
+    pending = count_pending(url)
+    started = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-m", "workflow", "worker", "--once"], env=env, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(processes)]
+    codes = [p.wait(timeout=1800) for p in procs]
+    seconds = time.monotonic() - started
+    done = pending - count_pending(url)
+    if any(codes):
+        raise RuntimeError(f"worker --once exited {codes}: {procs[0].stderr.read()[-300:]!r}")
+    return {"records": done, "seconds": round(seconds, 2), "per_second": round(done / seconds)}
+
+
+def drain(env: dict, url: str, base: str, rng: random.Random, args) -> dict:
+    """Records processed per second by 1 and by 2 worker processes, each run on freshly seeded pending records.
+
+    What the read and write scenarios left pending is drained first, unmeasured. Times include
+    each worker's start-up (~0.3 s), as an operator's `--once` run would.
+    """
+    size = min(20_000, max(2_000, args.records // 5))
+    run_drain(env, url, 2)
+    runs: dict[str, list[dict]] = {"1": [], "2": []}
+    for rep in range(args.repeat):
+        for processes in (1, 2):
+            seed(base, size, rng)
+            res = run_drain(env, url, processes)
+            runs[str(processes)].append(res)
+            log(f"drain, {processes} worker(s), run {rep + 1}: {res['records']} records in {res['seconds']} s, "
+                f"{res['per_second']} records/s")
+    return {key: {"runs": r, "per_second": statistics.median(x["per_second"] for x in r)} for key, r in runs.items()}
 
 
 def ratio(a, b) -> str:
@@ -517,6 +574,15 @@ def render(all_results: list[dict], args, peer) -> str:
             lines.append(f"- batch create: {batch['ok_rps'] * 100:,.0f} records/s vs single create "
                          f"{single['ok_rps']:,.0f} records/s: **{ratio(batch['ok_rps'] * 100, single['ok_rps'])}** "
                          f"per record (target ≥ 20×)")
+        if res.get("csv"):
+            c = res["csv"]
+            lines.append(f"- CSV export of every record: {c['lines'] - 1:,} rows, {c['mib']} MiB in {c['seconds']} s; "
+                         f"worker peak RSS {c['peak_rss_before_mib']} MiB before, {c['peak_rss_after_mib']} after")
+        if res.get("drain"):
+            d = res["drain"]
+            lines.append(f"- worker drain (`worker --once`, fresh pending records): 1 process "
+                         f"{d['1']['per_second']:,.0f} records/s, 2 processes {d['2']['per_second']:,.0f} records/s "
+                         f"({ratio(d['2']['per_second'], d['1']['per_second'])})")
         if res["service_5xx"] or res["service_errors"]:
             lines.append(f"- service 5xx: {res['service_5xx'] or 'none'}; error log lines: "
                          f"{len(res['service_errors'])} (first in the JSON below)")
@@ -551,12 +617,12 @@ def main() -> int:
     ap.add_argument("--databases", default="sqlite")
     ap.add_argument("--output", default="docs/benchmarks.md")
     ap.add_argument("--scenarios", help="comma-separated keys to run (default: all): "
-                    + ", ".join(key for key, _, _ in SCENARIOS))
+                    + ", ".join([key for key, _, _ in SCENARIOS] + list(EXTRA_SCENARIOS)))
     args = ap.parse_args()
     args.records = args.records or (10_000 if args.quick else 100_000)
     args.duration = args.duration or (3 if args.quick else 10)
     args.repeat = args.repeat or (1 if args.quick else 3)
-    known = {key for key, _, _ in SCENARIOS}
+    known = {key for key, _, _ in SCENARIOS} | set(EXTRA_SCENARIOS)
     args.scenarios = set(args.scenarios.split(",")) if args.scenarios else known
     if args.scenarios - known:
         sys.stderr.write(f"bench: unknown scenarios {sorted(args.scenarios - known)}\n")

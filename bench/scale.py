@@ -62,17 +62,6 @@ def load(url: str, count: int, tmp: Path, env: dict) -> float:
     return seconds
 
 
-def export_csv(srv) -> dict:
-    before = srv.worker_peaks_mib()
-    started, size, rows = time.monotonic(), 0, 0
-    with urllib.request.urlopen(srv.base + "/records?format=csv", timeout=1800) as resp:
-        while chunk := resp.read(1 << 20):
-            size += len(chunk)
-            rows += chunk.count(b"\n")
-    return {"seconds": round(time.monotonic() - started, 1), "mib": round(size / 2**20, 1),
-            "lines": rows, "peak_rss_before_mib": before, "peak_rss_after_mib": srv.worker_peaks_mib()}
-
-
 def bench(kind: str, args, tmp: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "API_KEY", "APP_ENV")}
     if kind == "sqlite":
@@ -109,7 +98,7 @@ def bench(kind: str, args, tmp: Path) -> dict:
         for key, label, _ in SCENARIOS:
             ordered = sorted(runs[key], key=lambda r: r["rps"])
             result[key] = dict(ordered[len(ordered) // 2], label=label, all_rps=[r["rps"] for r in runs[key]])
-        result["csv"] = export_csv(srv)
+        result["csv"] = base.export_csv(srv)
         base.log(f"{kind} csv: {result['csv']}")
         return result
     finally:
