@@ -8,6 +8,7 @@ here, before any work is done.
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 
@@ -125,12 +126,23 @@ def read_json_body(req, max_bytes: int):
         raise ValidationFailed(details=[problem(["body"], f"nested deeper than {MAX_JSON_DEPTH} levels")]) from None
     except ValueError as exc:  # e.g. an integer with more digits than Python converts
         raise ValidationFailed(details=[problem(["body"], str(exc)[:200])]) from None
-    check_json_values(document)
+    check_json_values(document, text)
     return document
 
 
-def check_json_values(document) -> None:
-    """Refuse nesting past MAX_JSON_DEPTH and strings that no database stores intact."""
+# In JSON text a NUL or a lone surrogate can only arrive escaped: raw control characters are
+# invalid JSON, and raw surrogates are invalid UTF-8.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def check_json_values(document, text: str | None = None) -> None:
+    """Refuse nesting past MAX_JSON_DEPTH and strings that no database stores intact.
+
+    Given the JSON `text` it was parsed from, a document whose text holds no suspect escape
+    and whose containers are shallow enough is passed without visiting each value.
+    """
+    if text is not None and not _SUSPECT_ESCAPE.search(text) and not _deeper_than(document, MAX_JSON_DEPTH):
+        return
     problems = []
     stack = [(document, ["body"], 0)]
     while stack and len(problems) < 20:
@@ -149,6 +161,20 @@ def check_json_values(document) -> None:
             problems.append(problem(loc, _bad_text(value)))
     if problems:
         raise ValidationFailed(details=problems)
+
+
+def _deeper_than(document, limit: int) -> bool:
+    """Whether any value sits deeper than `limit` (the document itself is at depth 0)."""
+    stack = [(document, 0)] if type(document) in (dict, list) else []
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if type(value) is dict else value
+        if children and depth >= limit:
+            return True
+        for child in children:
+            if type(child) in (dict, list):
+                stack.append((child, depth + 1))
+    return False
 
 
 def _bad_text(text: str) -> str | None:
