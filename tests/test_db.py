@@ -36,7 +36,7 @@ def test_sqlite_connection_settings(tmp_path):
     with wsgi.db.write():
         writer = wsgi.db._connection("write")
         assert writer.execute("PRAGMA temp_store").fetchone()[0] == 2  # statement journals in memory
-        assert writer.execute("PRAGMA cache_size").fetchone()[0] == -8192
+        assert writer.execute("PRAGMA cache_size").fetchone()[0] == -2048
     wsgi.db.close()
 
 
