@@ -56,7 +56,7 @@ class Session:
         row = self._cur.fetchone()
         return None if row is None else dict(row)
 
-    def iter_sql(self, sql: str, params: dict | None = None, size: int = 2000):
+    def iter_sql(self, sql: str, params: dict | None = None, size: int = 500):
         """Yield the rows of a composed statement in chunks, never holding them all."""
         self._cur.execute(sql, params or self.no_params)
         while rows := self._cur.fetchmany(size):
@@ -69,7 +69,7 @@ class Session:
 
 
 class _PostgresSession(Session):
-    def iter_sql(self, sql: str, params: dict | None = None, size: int = 2000):
+    def iter_sql(self, sql: str, params: dict | None = None, size: int = 500):
         # A server-side cursor: PostgreSQL sends the rows in chunks (needs a transaction).
         with self._cur.connection.cursor(name="workflow_export") as named:
             named.execute(sql, params or None)
