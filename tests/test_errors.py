@@ -150,6 +150,27 @@ def test_boolean_priority_is_not_a_number(app, create_record):
     assert app.post(f"/records/{record['id']}/process").json["error"] == "invalid priority"
 
 
+def test_a_body_that_cannot_be_rendered_is_a_500_in_the_envelope(database_url, caplog):
+    from webtest import TestApp
+
+    wsgi = create_app(make_settings(database_url))
+
+    class Unrenderable:
+        def on_get(self, req, resp):
+            resp.media = {"amount": object()}
+
+    wsgi.add_route("/unrenderable", Unrenderable())
+    with caplog.at_level(logging.INFO, logger="workflow"):
+        resp = TestApp(wsgi).get("/unrenderable", headers={"X-Request-ID": "render-1"}, expect_errors=True)
+    error = assert_envelope(resp, 500, "INTERNAL_ERROR")
+    assert resp.headers["X-Request-ID"] == "render-1" and resp.json["request_id"] == "render-1"
+    assert "object" not in resp.text
+    ends = [r for r in caplog.records if r.getMessage() == "request.end" and r.fields["path"] == "/unrenderable"]
+    assert [r.fields["status_code"] for r in ends] == [500]
+    assert error["message"] == "internal server error"
+    wsgi.db.close()
+
+
 def test_500_is_an_envelope_without_internals(database_url, caplog):
     def explode(payload, record):
         raise RuntimeError("processor exploded")

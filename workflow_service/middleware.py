@@ -31,6 +31,13 @@ class RequestContext:
     def process_response(self, req, resp, resource, req_succeeded):
         request_id = req.context.get("request_id") or str(uuid.uuid4())
         resp.set_header("X-Request-ID", request_id)
+        if resp.text is None and resp.data is None and resp.media is not None:
+            # Falcon renders media after the middleware and answers a failure there with an
+            # empty 500; rendered here, a failure gets the envelope like any other error.
+            try:
+                resp.text = _render_media(resp.media)
+            except Exception as ex:  # noqa: BLE001 - any failure is a 500 in the envelope
+                handle_error(req, resp, ex, {})
         started = req.context.get("started", time.perf_counter())
         log.info(
             "request.end",
@@ -44,6 +51,9 @@ class RequestContext:
                 }
             },
         )
+
+
+_render_media = json.JSONEncoder(ensure_ascii=False).encode  # what Falcon's JSON handler writes
 
 
 class APIKeyAuth:
