@@ -124,11 +124,11 @@ def _from_falcon(ex: falcon.HTTPError) -> APIError:
         return MethodNotAllowed(headers=headers)
     error = APIError(ex.description or ex.title or "error", headers=headers)
     error.status = status
-    error.code = {
-        400: "BAD_REQUEST", 401: "UNAUTHORIZED", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE",
-        415: "UNSUPPORTED_MEDIA_TYPE", 422: "VALIDATION_ERROR", 503: "SERVICE_UNAVAILABLE",
-    }.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR")
+    error.code = _CODES.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR")
     return error
+
+
+_CODES = {cls.status: cls.code for cls in APIError.__subclasses__()}  # errors.py's classes name each code once
 
 
 class JSONFormatter(logging.Formatter):
