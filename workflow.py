@@ -317,8 +317,8 @@ def cmd_import(args, settings: Settings) -> int:
         sys.stderr.write(f"workflow: import: nothing imported, {len(exc.problems)} problem(s):\n")
         for line in exc.problems[:MAX_REPORTED]:
             sys.stderr.write(f"  {line}\n")
-        if len(exc.problems) > 50:
-            sys.stderr.write(f"  ... and {len(exc.problems) - 50} more\n")
+        if len(exc.problems) > MAX_REPORTED:
+            sys.stderr.write(f"  ... and {len(exc.problems) - MAX_REPORTED} more\n")
         return 1
     except DatabaseUnavailable:
         sys.stderr.write("workflow: import: database unavailable\n")
