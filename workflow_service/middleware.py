@@ -31,7 +31,8 @@ class RequestContext:
     def process_response(self, req, resp, resource, req_succeeded):
         request_id = req.context.get("request_id") or str(uuid.uuid4())
         resp.set_header("X-Request-ID", request_id)
-        if resp.text is None and resp.data is None and resp.media is not None:
+        if (resp.text is None and resp.data is None and resp.media is not None
+                and resp.content_type in (None, falcon.MEDIA_JSON)):  # None: the app's default, JSON
             # Falcon renders media after the middleware and answers a failure there with an
             # empty 500; rendered here, a failure gets the envelope like any other error.
             try:
@@ -84,6 +85,7 @@ _FALCON_ERRORS = {
     404: NotFound,
     405: MethodNotAllowed,
 }
+_CODES = {cls.status: cls.code for cls in APIError.__subclasses__()}  # errors.py's classes name each code once
 
 
 def handle_error(req, resp, ex, params):
@@ -127,8 +129,6 @@ def _from_falcon(ex: falcon.HTTPError) -> APIError:
     error.code = _CODES.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR")
     return error
 
-
-_CODES = {cls.status: cls.code for cls in APIError.__subclasses__()}  # errors.py's classes name each code once
 
 
 class JSONFormatter(logging.Formatter):
