@@ -157,6 +157,11 @@ def cmd_serve(args, settings: Settings) -> int:
     """Apply pending migrations, then exec gunicorn on this module's `app`."""
     if args.processors:
         os.environ["WORKFLOW_PROCESSORS"] = args.processors
+    if args.reuse_port:
+        problem = _port_problem(args.host, args.port)
+        if problem:
+            sys.stderr.write(f"workflow: serve: {problem}\n")
+            return 1
     if not args.no_migrate:
         from workflow_service.migrations import MigrationError, Migrator
 
@@ -185,6 +190,10 @@ def cmd_serve(args, settings: Settings) -> int:
         "--graceful-timeout", "20",
         "--log-level", "warning",
     ]
+    if args.reuse_port:
+        # A listening socket per worker: the kernel spreads new connections evenly over the workers,
+        # where with one shared socket a worker could win most kept-alive clients (docs/decisions.md).
+        argv.append("--reuse-port")
     sys.stdout.flush()
     # glibc gives each thread that allocates its own malloc arena, kept after the request;
     # two arenas per worker cut the peak RSS of a batch-heavy worker by about 6 MiB (docs/decisions.md).
@@ -192,6 +201,26 @@ def cmd_serve(args, settings: Settings) -> int:
     env.setdefault("MALLOC_ARENA_MAX", "2")
     os.execve(sys.executable, argv, env)
     return 0  # not reached
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Why `serve` cannot take host:port with a socket per worker; None when it can.
+
+    SO_REUSEPORT would let a second server share a port another one already
+    serves, splitting its clients; bind once without it to refuse that instead.
+    """
+    import socket
+
+    if port == 0:
+        return "--port 0 would give each worker a port of its own; choose a port, or use --no-reuse-port"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def cmd_migrate(args, settings: Settings) -> int:
@@ -384,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--keep-alive", type=_non_negative(int), default=5, metavar="SECONDS",
                        help="keep idle client connections open this long (default 5; 0: one request per "
                             "connection, which spreads few clients evenly over the workers; docs/decisions.md)")
+    serve.add_argument("--reuse-port", action=argparse.BooleanOptionalAction, default=True,
+                       help="a listening socket per worker, so that clients spread evenly over the workers "
+                            "(default; --no-reuse-port: one shared socket; docs/decisions.md)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations first")
     serve.add_argument("--processors", metavar="MODULE:NAME",
                        help="a dict (or a function returning one) of category -> processor")

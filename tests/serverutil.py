@@ -48,10 +48,10 @@ def service_env(**variables: str) -> dict[str, str]:
     return env
 
 
-def serve_command(port: int, workers: int = 2, migrate: bool = True) -> list[str]:
+def serve_command(port: int, workers: int = 2, migrate: bool = True, extra: tuple[str, ...] = ()) -> list[str]:
     """The README's start command, on 127.0.0.1 and `port`."""
     argv = [sys.executable, "-m", "workflow", "serve", "--host", HOST, "--port", str(port),
-            "--workers", str(workers)]
+            "--workers", str(workers), *extra]
     if not migrate:
         argv.append("--no-migrate")
     return argv
@@ -83,7 +83,7 @@ class Server:
 
 
 def start_server(database_url: str, log_dir: Path, *, workers: int = 2, migrate: bool = True,
-                 wait: bool = True, **variables: str) -> Server:
+                 wait: bool = True, extra: tuple[str, ...] = (), **variables: str) -> Server:
     """Run the README command on a free port; wait for a 200 from /health unless `wait=False`."""
     log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -91,7 +91,7 @@ def start_server(database_url: str, log_dir: Path, *, workers: int = 2, migrate:
     stderr_path = log_dir / f"server-{port}.err"
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
-            serve_command(port, workers, migrate),
+            serve_command(port, workers, migrate, extra),
             cwd=ROOT,
             env=service_env(DATABASE_URL=database_url, **variables),
             stdin=subprocess.DEVNULL,
@@ -177,3 +177,22 @@ def json_lines(text: str) -> list[dict]:
             except ValueError:
                 continue
     return found
+
+
+def tcp_sockets(pid: int, local_port: int, state: str) -> set[str]:
+    """The inodes of the TCP sockets process `pid` holds on local port `local_port` in `state`
+    (/proc's hex code: "0A" listening, "01" established)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:  # closed meanwhile
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        lines = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+    except FileNotFoundError:
+        return set()
+    return {cols[9] for cols in map(str.split, lines)
+            if cols[3] == state and cols[9] in inodes and int(cols[1].split(":")[1], 16) == local_port}

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import http.client as http_client
 import json
+import socket
 import subprocess
 import time
 import uuid
 
 import pytest
 from conftest import DIALECTS, empty_database_url
+from faultutil import gunicorn_workers
 from serverutil import (
+    HOST,
     ROOT,
     free_port,
     json_lines,
@@ -17,11 +21,13 @@ from serverutil import (
     service_env,
     start_server,
     stop_server,
+    tcp_sockets,
     wait_for_health,
 )
 from serverutil import request as http
 
 pytestmark = pytest.mark.server
+LISTENING, ESTABLISHED = "0A", "01"
 
 
 @pytest.fixture(scope="module", params=DIALECTS)
@@ -219,3 +225,61 @@ def test_health_fails_fast_when_postgresql_refuses_connections(unreachable_pg_se
     elapsed = time.monotonic() - t0
     assert status == 503
     assert elapsed < 2, f"a refused connection took {elapsed:.1f}s to report"
+
+
+# ------------------------------------------------------------------ a socket per worker
+
+
+def test_each_worker_listens_on_its_own_socket_and_clients_spread_over_them(server):
+    workers = gunicorn_workers(server.proc.pid)
+    assert len(workers) == 2, workers
+    listening = {pid: tcp_sockets(pid, server.port, LISTENING) for pid in workers}
+    assert [len(inodes) for inodes in listening.values()] == [1, 1], listening
+    assert len(set.union(*listening.values())) == 2, f"the workers share one socket: {listening}"
+    assert not tcp_sockets(server.proc.pid, server.port, LISTENING), "the master keeps a listening socket"
+    # Kept-alive connections stay with the worker that accepted them; the kernel spreads them by
+    # their address, so 16 connections all on one of 2 workers happens once in 32,768 runs.
+    conns = [http_client.HTTPConnection(HOST, server.port, timeout=10) for _ in range(16)]
+    try:
+        for conn in conns:
+            conn.request("GET", "/health")
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+        held = {pid: len(tcp_sockets(pid, server.port, ESTABLISHED)) for pid in workers}
+    finally:
+        for conn in conns:
+            conn.close()
+    assert sum(held.values()) == 16, held
+    assert all(held.values()), f"one worker holds every connection: {held}"
+
+
+def test_no_reuse_port_shares_one_socket(tmp_path):
+    srv = start_server(f"sqlite:///{tmp_path / 'shared.db'}", tmp_path / "logs", extra=("--no-reuse-port",))
+    try:
+        shared = tcp_sockets(srv.proc.pid, srv.port, LISTENING)
+        assert len(shared) == 1
+        assert all(tcp_sockets(pid, srv.port, LISTENING) == shared for pid in gunicorn_workers(srv.proc.pid))
+        assert http("GET", f"{srv.base_url}/health")[0] == 200
+    finally:
+        stop_server(srv)
+
+
+@pytest.mark.parametrize("taken", [True, False], ids=["port-in-use", "port-0"])
+def test_serve_refuses_a_port_it_cannot_own(tmp_path, taken):
+    """With a socket per worker, a second server must not quietly share the first one's port."""
+    database = tmp_path / "never.db"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # the most a rival could do
+        holder.bind((HOST, 0))
+        holder.listen()
+        port = holder.getsockname()[1] if taken else 0
+        done = subprocess.run(serve_command(port), cwd=ROOT, env=service_env(DATABASE_URL=f"sqlite:///{database}"),
+                              capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("workflow: serve: ")
+    assert (f"{HOST}:{port}" if taken else "--no-reuse-port") in lines[0]
+    assert not database.exists(), "refused to start, yet migrated the database"
