@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
@@ -38,6 +39,32 @@ def test_sqlite_connection_settings(tmp_path):
         writer = wsgi.db._connection("write")
         assert writer.execute("PRAGMA temp_store").fetchone()[0] == 2  # statement journals in memory
         assert writer.execute("PRAGMA cache_size").fetchone()[0] == -2048
+    wsgi.db.close()
+
+
+def test_sqlite_write_connection_opened_read_only_is_replaced(tmp_path, monkeypatch):
+    """SQLite opens a file it cannot write read-only, for good: once the file is writable again
+    (a read-only mount remounted), the next write must not keep failing on that connection."""
+    path = tmp_path / "x.db"
+    wsgi = create_app(make_settings(f"sqlite:///{path}"))
+    Migrator(wsgi.db).up()
+    wsgi.db.close()
+    app = TestApp(wsgi)
+    real_open = wsgi.db._open
+
+    def open_read_only_once(role):
+        if role != "write":
+            return real_open(role)
+        monkeypatch.setattr(wsgi.db, "_open", real_open)
+        conn = real_open(role)
+        conn.close()
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+
+    monkeypatch.setattr(wsgi.db, "_open", open_read_only_once)
+    body = {"source": "s", "category": "c", "payload": {}}
+    assert app.post_json("/records", body, status=503).json["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert app.post_json("/records", body, status=201).json["status"] == "pending"
+    assert app.get("/records").json["total"] == 1
     wsgi.db.close()
 
 

@@ -200,6 +200,12 @@ class SQLiteDatabase(Database):
         except sqlite3.OperationalError as exc:
             # Locked past the timeout, disk full, read-only file, missing table...
             log.error("sqlite.unavailable", extra={"fields": {"error": str(exc)}})
+            if conn_role == "write" and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY:
+                # A connection opened while the file could not be written stays read-only after
+                # it can: drop it (under the write lock), so that the next write opens a new one.
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    writer.close()
             raise DatabaseUnavailable() from exc
 
     def _begin_immediate(self, cur, deadline: float) -> None:
