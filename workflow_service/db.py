@@ -47,21 +47,15 @@ class Session:
 
     def all_sql(self, sql: str, params: dict | None = None) -> list[dict]:
         """All rows of a composed statement (see `Queries.compose`)."""
-        self._cur.execute(sql, params or self.no_params)
-        return [dict(row) for row in self._cur.fetchall()]
+        raise NotImplementedError
 
     def one_sql(self, sql: str, params: dict | None = None) -> dict | None:
         """The first row of a composed statement, or None."""
-        self._cur.execute(sql, params or self.no_params)
-        row = self._cur.fetchone()
-        return None if row is None else dict(row)
+        raise NotImplementedError
 
     def iter_sql(self, sql: str, params: dict | None = None, size: int = 500):
-        """Yield the rows of a composed statement in chunks, never holding them all."""
-        self._cur.execute(sql, params or self.no_params)
-        while rows := self._cur.fetchmany(size):
-            for row in rows:
-                yield dict(row)
+        """Yield the rows of a composed statement in chunks of `size`, never holding them all."""
+        raise NotImplementedError
 
     def script(self, text: str) -> None:
         """Run several `;`-separated statements (migrations)."""
@@ -69,6 +63,16 @@ class Session:
 
 
 class _PostgresSession(Session):
+    """psycopg's cursors (dict_row) make a new dict of each row."""
+
+    def all_sql(self, sql: str, params: dict | None = None) -> list[dict]:
+        self._cur.execute(sql, params or None)
+        return self._cur.fetchall()
+
+    def one_sql(self, sql: str, params: dict | None = None) -> dict | None:
+        self._cur.execute(sql, params or None)
+        return self._cur.fetchone()
+
     def iter_sql(self, sql: str, params: dict | None = None, size: int = 500):
         # A server-side cursor: PostgreSQL sends the rows in chunks (needs a transaction).
         with self._cur.connection.cursor(name="workflow_export") as named:
@@ -103,7 +107,29 @@ class Database:
 
 
 class _SQLiteSession(Session):
+    """sqlite3 hands back tuples; a row becomes a dict here (half the cost of `dict(sqlite3.Row)`)."""
+
     no_params = ()
+
+    def _names(self) -> list[str]:
+        return [column[0] for column in self._cur.description or ()]
+
+    def all_sql(self, sql: str, params: dict | None = None) -> list[dict]:
+        self._cur.execute(sql, params or self.no_params)
+        names = self._names()
+        return [dict(zip(names, row, strict=True)) for row in self._cur.fetchall()]
+
+    def one_sql(self, sql: str, params: dict | None = None) -> dict | None:
+        self._cur.execute(sql, params or self.no_params)
+        row = self._cur.fetchone()
+        return None if row is None else dict(zip(self._names(), row, strict=True))
+
+    def iter_sql(self, sql: str, params: dict | None = None, size: int = 500):
+        self._cur.execute(sql, params or self.no_params)
+        names = self._names()
+        while rows := self._cur.fetchmany(size):
+            for row in rows:
+                yield dict(zip(names, row, strict=True))
 
     def script(self, text: str) -> None:
         # sqlite3's executescript() would COMMIT first; run statement by statement instead.
@@ -168,7 +194,6 @@ class SQLiteDatabase(Database):
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
                 check_same_thread=role == "read",  # the writer moves between threads, one at a time
             )
-            conn.row_factory = sqlite3.Row
             for name in ("pragma.journal_mode", "pragma.synchronous", "pragma.foreign_keys", f"pragma.{role}_cache",
                          "pragma.no_auto_checkpoint"):
                 conn.execute(self.queries[name])

@@ -38,26 +38,27 @@ def new_record_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def record_json(row: dict) -> str:
-    """A stored row as the record's JSON text, without parsing and re-encoding the payload.
+def record_json(row: dict, q: Callable[[str], str] = _encode_str) -> str:
+    """A stored row (the columns of `record_columns`) as the record's JSON text.
 
     `payload` and `result` are stored as JSON text this service wrote itself
-    (validated on the way in), so they are spliced in as they are.
+    (validated on the way in), so they are spliced in as they are. One template
+    for the fixed shape: half the cost of a loop over the columns, which a page
+    of 50 records pays 50 times.
     """
-    parts = []
-    for name, value in row.items():
-        if value is None:
-            text = "null"
-        elif name in ("payload", "result"):
-            text = value
-        elif type(value) is str:
-            text = _encode_str(value)  # what _encode does for a str, minus its dispatch
-        elif name == "score":
-            text = _encode(float(value))  # SQLite may hand back a whole REAL as int
-        else:
-            text = _encode(value)
-        parts.append(f'"{name}": {text}')
-    return "{" + ", ".join(parts) + "}"
+    result, classification, score, error, processed_at = (
+        row["result"], row["classification"], row["score"], row["error"], row["processed_at"])
+    return (
+        f'{{"id": {q(row["id"])}, "source": {q(row["source"])}, "category": {q(row["category"])}, '
+        f'"payload": {row["payload"]}, "status": {q(row["status"])}, '
+        f'"result": {"null" if result is None else result}, '
+        f'"classification": {"null" if classification is None else q(classification)}, '
+        # SQLite may hand back a whole REAL as an int
+        f'"score": {"null" if score is None else _encode(float(score))}, '
+        f'"error": {"null" if error is None else q(error)}, "attempts": {row["attempts"]:d}, '
+        f'"created_at": {q(row["created_at"])}, "updated_at": {q(row["updated_at"])}, '
+        f'"processed_at": {"null" if processed_at is None else q(processed_at)}}}'
+    )
 
 
 def send_json(resp, text: str, status: int = 200) -> None:
