@@ -138,8 +138,10 @@ class Server:
         self.stop()
         raise RuntimeError(f"{name} did not answer {ready} within 30 s")
 
-    def worker_peaks_mib(self) -> list[float]:
-        """VmHWM of each child of the master (the workers), in MiB."""
+    def worker_peaks_mib(self, reset: bool = False) -> list[float]:
+        """VmHWM of each child of the master (the workers), in MiB; with `reset`, then start
+        each one's peak again from its current RSS (Linux: "5" to clear_refs), so that the next
+        figure is the next scenario's own and not a peak carried over from an earlier one."""
         peaks = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -155,6 +157,11 @@ class Server:
             match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
             if match:
                 peaks.append(round(int(match.group(1)) / 1024, 1))
+            if reset:
+                try:
+                    (stat.parent / "clear_refs").write_text("5")
+                except OSError:
+                    pass
         return sorted(peaks)
 
     def log_size(self) -> int:
@@ -373,6 +380,7 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
         seed(servers["svc"].base, n - n // 2, rng)
         analyze(svc_url)
         results["seed_seconds"] = round(time.monotonic() - t0, 1)
+        results["seed_peak_mib"] = servers["svc"].worker_peaks_mib(reset=True)  # 1,000-record batches
         results["worker"] = worker.stdout.strip().splitlines()[-1:] or [worker.stderr[-300:]]
         results["statuses"] = dict(query(svc_url, "SELECT status, count(*) FROM records GROUP BY status"))
         log(f"{kind}: seeded {n} records in {results['seed_seconds']} s, statuses {results['statuses']}")
@@ -436,6 +444,7 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
                         script = lua(tmp, script.stem, PROCESS_LUA % {"file": tmp / f"{script.stem}.txt",
                                                                        "threads": args.threads})
                     start = srv.log_size()
+                    srv.worker_peaks_mib(reset=True)
                     res = run_wrk(srv.base + paths.get(key, ""), script, args)
                     if who == "svc":
                         res["statuses"] = srv.status_counts(
@@ -482,7 +491,8 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
 
 def export_csv(srv: Server) -> dict:
     """Download every record as CSV; the worker's peak RSS before and after shows whether it streams."""
-    before = srv.worker_peaks_mib()
+    srv.worker_peaks_mib(reset=True)
+    before = srv.worker_peaks_mib()  # the workers' RSS now
     started, size, rows = time.monotonic(), 0, 0
     with urllib.request.urlopen(srv.base + "/records?format=csv", timeout=1800) as resp:
         while chunk := resp.read(1 << 20):
@@ -545,7 +555,9 @@ def render(all_results: list[dict], args, peer) -> str:
         sc = res["scenarios"]
         get = sc["get"]
         lines += [f"### {res['database']}", "",
-                  f"Seeded in {res['seed_seconds']} s; statuses {res['statuses']}.", "",
+                  f"Seeded in {res['seed_seconds']} s with 1,000-record batches (workers' peak RSS then "
+                  f"{res.get('seed_peak_mib')} MiB); statuses {res['statuses']}. Each scenario's peak below "
+                  "is its own: the peaks are reset before every run.", "",
                   "| scenario | req/s | p50 ms | p99 ms | non-2xx | worker peak MiB | peer req/s | peer p99 ms "
                   "| peer non-2xx | peer MiB | vs peer |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
