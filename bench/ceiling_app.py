@@ -1,24 +1,27 @@
 """The ceiling for `GET /records/{id}`: bare Falcon plus one point query, nothing else.
 
-No middleware, no validation, no logging, no pool: one connection per gunicorn
-worker, opened on first use. `bench/run.py` serves it with
+No middleware, no validation, no logging, no pool: one connection per thread,
+opened on first use. `bench/run.py` serves it twice: under the service's own
+gunicorn settings (gthread, 4 threads, keep-alive, a socket per worker: the
+ceiling the target compares with) and under gunicorn's sync workers, e.g.
 
     CEILING_DATABASE_URL=sqlite:////path/to/file.db gunicorn --chdir bench ceiling_app:app --workers 2
 
-and drives it with the same get-by-id script as the service. A PostgreSQL URL
+and drives both with the same get-by-id script as the service. A PostgreSQL URL
 (`postgresql://...`) makes it do the same query through psycopg.
 """
 
 import json
 import os
 import sqlite3
+import threading
 
 import falcon
 
 URL = os.environ["CEILING_DATABASE_URL"]
 COLUMNS = ("id, source, category, payload, status, result, classification, score, error, attempts, "
            "created_at, updated_at, processed_at")
-_conn = None
+_local = threading.local()
 
 
 def _connect():
@@ -33,10 +36,9 @@ def _connect():
 
 class Record:
     def on_get(self, req, resp, record_id):
-        global _conn
-        if _conn is None:
-            _conn = _connect()
-        conn, sql = _conn
+        if not hasattr(_local, "conn"):
+            _local.conn = _connect()
+        conn, sql = _local.conn
         row = conn.execute(sql, (record_id,)).fetchone()
         if row is None:
             raise falcon.HTTPNotFound()
