@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 try:  # imported by pytest as `faultutil`, by servers and workers as `tests.faultutil`
-    from serverutil import ROOT, free_port, request, service_env
+    from serverutil import ROOT, free_port, request, service_env, tcp_sockets
 except ImportError:  # pragma: no cover - inside a server or worker process
-    from tests.serverutil import ROOT, free_port, request, service_env
+    from tests.serverutil import ROOT, free_port, request, service_env, tcp_sockets
 
 FAULT_PROCESSORS = "tests.faultutil:HOLD_PROCESSORS"
 HOLD_CATEGORY = "held"
@@ -117,28 +117,7 @@ def wait_for_workers(master_pid: int, count: int, timeout: float, exclude: set[i
 
 def tcp_peers(pid: int, remote_port: int) -> int:
     """How many ESTABLISHED TCP connections process `pid` holds to 127.0.0.1:`remote_port`."""
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    except FileNotFoundError:
-        return 0
-    found = 0
-    try:
-        lines = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
-    except FileNotFoundError:
-        return 0
-    for line in lines:
-        cols = line.split()
-        remote, state, inode = cols[2], cols[3], cols[9]
-        if state == "01" and inode in inodes and int(remote.split(":")[1], 16) == remote_port:
-            found += 1
-    return found
+    return len(tcp_sockets(pid, "01", remote_port=remote_port))
 
 
 def worker_command(*extra: str) -> list[str]:

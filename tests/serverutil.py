@@ -179,9 +179,10 @@ def json_lines(text: str) -> list[dict]:
     return found
 
 
-def tcp_sockets(pid: int, local_port: int, state: str) -> set[str]:
-    """The inodes of the TCP sockets process `pid` holds on local port `local_port` in `state`
-    (/proc's hex code: "0A" listening, "01" established)."""
+def tcp_sockets(pid: int, state: str, *, local_port: int | None = None,
+                remote_port: int | None = None) -> set[str]:
+    """The inodes of process `pid`'s TCP sockets in `state` (/proc's hex code: "0A" listening,
+    "01" established), on `local_port` and/or to `remote_port` when given."""
     inodes = set()
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -194,5 +195,14 @@ def tcp_sockets(pid: int, local_port: int, state: str) -> set[str]:
         lines = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
     except FileNotFoundError:
         return set()
-    return {cols[9] for cols in map(str.split, lines)
-            if cols[3] == state and cols[9] in inodes and int(cols[1].split(":")[1], 16) == local_port}
+    found = set()
+    for cols in map(str.split, lines):
+        local, remote, sock_state, inode = cols[1], cols[2], cols[3], cols[9]
+        if sock_state != state or inode not in inodes:
+            continue
+        if local_port is not None and int(local.split(":")[1], 16) != local_port:
+            continue
+        if remote_port is not None and int(remote.split(":")[1], 16) != remote_port:
+            continue
+        found.add(inode)
+    return found
