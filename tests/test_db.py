@@ -55,9 +55,7 @@ def test_sqlite_write_connection_opened_read_only_is_replaced(tmp_path, monkeypa
     def open_read_only_once(role):
         if role != "write":
             return real_open(role)
-        monkeypatch.setattr(wsgi.db, "_open", real_open)
-        conn = real_open(role)
-        conn.close()
+        monkeypatch.setattr(wsgi.db, "_open", real_open)  # only this first write connection
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
 
     monkeypatch.setattr(wsgi.db, "_open", open_read_only_once)
