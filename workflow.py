@@ -179,21 +179,13 @@ def cmd_serve(args, settings: Settings) -> int:
         "--bind", f"{args.host}:{args.port}",
         "--workers", str(args.workers or settings.web_concurrency),
         "--chdir", str(ROOT),
-        # Threads: a long CSV export or a slow client occupies a thread, not the worker, and the
-        # worker keeps answering gunicorn's heartbeat (a sync worker would be killed at --timeout).
-        "--worker-class", "gthread",
-        "--threads", str(args.threads),
-        "--keep-alive", str(args.keep_alive),
+        *worker_options(args),
         # gunicorn's largest request line (its default is 4,094 bytes; the old service took longer).
         "--limit-request-line", "8190",
         "--timeout", "30",
         "--graceful-timeout", "20",
         "--log-level", "warning",
     ]
-    if args.reuse_port:
-        # A listening socket per worker: the kernel spreads new connections evenly over the workers,
-        # where with one shared socket a worker could win most kept-alive clients (docs/decisions.md).
-        argv.append("--reuse-port")
     sys.stdout.flush()
     # glibc gives each thread that allocates its own malloc arena, kept after the request;
     # two arenas per worker cut the peak RSS of a batch-heavy worker by about 6 MiB (docs/decisions.md).
@@ -201,6 +193,22 @@ def cmd_serve(args, settings: Settings) -> int:
     env.setdefault("MALLOC_ARENA_MAX", "2")
     os.execve(sys.executable, argv, env)
     return 0  # not reached
+
+
+def worker_options(args) -> list[str]:
+    """How `serve` (parsed `args`) has gunicorn run its workers; bench/run.py runs its ceiling alike."""
+    options = [
+        # Threads: a long CSV export or a slow client occupies a thread, not the worker, and the
+        # worker keeps answering gunicorn's heartbeat (a sync worker would be killed at --timeout).
+        "--worker-class", "gthread",
+        "--threads", str(args.threads),
+        "--keep-alive", str(args.keep_alive),
+    ]
+    if args.reuse_port:
+        # A listening socket per worker: the kernel spreads new connections evenly over the workers,
+        # where with one shared socket a worker could win most kept-alive clients (docs/decisions.md).
+        options.append("--reuse-port")
+    return options
 
 
 def _port_problem(host: str, port: int) -> str | None:

@@ -61,9 +61,6 @@ SCENARIOS = [
 # worker's peak RSS) and the worker drain (records per second with 1 and 2 worker processes).
 EXTRA_SCENARIOS = {"csv": "CSV export of every record", "drain": "worker drain"}
 
-# What `workflow serve` gives gunicorn by default (workflow.py, cmd_serve), for the ceiling.
-SERVICE_GUNICORN = ["--worker-class", "gthread", "--threads", "4", "--keep-alive", "5", "--reuse-port"]
-
 DONE_LUA = """
 function done(s, latency, requests)
   io.write(string.format('BENCHJSON {"requests":%d,"duration_us":%d,"non2xx":%d,"connect":%d,"read":%d,'
@@ -397,7 +394,11 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
         cenv = dict(env, CEILING_DATABASE_URL=svc_url)
         ceiling = [sys.executable, "-m", "gunicorn", "ceiling_app:app", "--chdir", str(ROOT / "bench"),
                    "--workers", "2", "--log-level", "warning"]
-        servers["ceil"] = Server("ceiling", [*ceiling, "--bind", f"{HOST}:{port}", *SERVICE_GUNICORN], cenv, ROOT,
+        sys.path.insert(0, str(ROOT))
+        import workflow  # the service's own module: the ceiling runs with serve's worker options
+
+        service_workers = workflow.worker_options(workflow.build_parser().parse_args(["serve"]))  # serve's defaults
+        servers["ceil"] = Server("ceiling", [*ceiling, "--bind", f"{HOST}:{port}", *service_workers], cenv, ROOT,
                                  logs, port, "/records/" + ids[0])
         port = free_port()
         servers["ceil_sync"] = Server("ceil-sync", [*ceiling, "--bind", f"{HOST}:{port}"], cenv, ROOT, logs, port,
