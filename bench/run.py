@@ -140,31 +140,36 @@ class Server:
         self.stop()
         raise RuntimeError(f"{name} did not answer {ready} within 30 s")
 
-    def worker_peaks_mib(self, reset: bool = False) -> list[float]:
-        """VmHWM of each child of the master (the workers), in MiB; with `reset`, then start
-        each one's peak again from its current RSS (Linux: "5" to clear_refs), so that the next
-        figure is the next scenario's own and not a peak carried over from an earlier one."""
-        peaks = []
+    def _workers(self):
+        """The /proc directories of the master's children (its workers)."""
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) != self.proc.pid:
-                    continue
-                cmdline = (stat.parent / "cmdline").read_bytes()
-                if b"resource_tracker" in cmdline:
-                    continue
-                status = (stat.parent / "status").read_text()
+                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                if parent == self.proc.pid and b"resource_tracker" not in (stat.parent / "cmdline").read_bytes():
+                    yield stat.parent
             except (OSError, IndexError, ValueError):
                 continue
-            match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+
+    def worker_peaks_mib(self) -> list[float]:
+        """VmHWM of each worker, in MiB."""
+        peaks = []
+        for proc in self._workers():
+            try:
+                match = re.search(r"^VmHWM:\s+(\d+) kB", (proc / "status").read_text(), re.M)
+            except OSError:
+                continue
             if match:
                 peaks.append(round(int(match.group(1)) / 1024, 1))
-            if reset:
-                try:
-                    (stat.parent / "clear_refs").write_text("5")
-                except OSError:
-                    pass
         return sorted(peaks)
+
+    def reset_worker_peaks(self) -> None:
+        """Start each worker's peak again from its current RSS (Linux: "5" to clear_refs), so that
+        the next figure is the next scenario's own and not a peak carried over from an earlier one."""
+        for proc in self._workers():
+            try:
+                (proc / "clear_refs").write_text("5")
+            except OSError:
+                pass
 
     def log_size(self) -> int:
         return self.log.stat().st_size
@@ -382,7 +387,8 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
         seed(servers["svc"].base, n - n // 2, rng)
         analyze(svc_url)
         results["seed_seconds"] = round(time.monotonic() - t0, 1)
-        results["seed_peak_mib"] = servers["svc"].worker_peaks_mib(reset=True)  # 1,000-record batches
+        results["seed_peak_mib"] = servers["svc"].worker_peaks_mib()  # 1,000-record batches
+        servers["svc"].reset_worker_peaks()
         results["worker"] = worker.stdout.strip().splitlines()[-1:] or [worker.stderr[-300:]]
         results["statuses"] = dict(query(svc_url, "SELECT status, count(*) FROM records GROUP BY status"))
         log(f"{kind}: seeded {n} records in {results['seed_seconds']} s, statuses {results['statuses']}")
@@ -454,7 +460,7 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
                         script = lua(tmp, script.stem, PROCESS_LUA % {"file": tmp / f"{script.stem}.txt",
                                                                        "threads": args.threads})
                     start = srv.log_size()
-                    srv.worker_peaks_mib(reset=True)
+                    srv.reset_worker_peaks()
                     res = run_wrk(srv.base + paths.get(key, ""), script, args)
                     if who == "svc":
                         res["statuses"] = srv.status_counts(
@@ -501,7 +507,7 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
 
 def export_csv(srv: Server) -> dict:
     """Download every record as CSV; the worker's peak RSS before and after shows whether it streams."""
-    srv.worker_peaks_mib(reset=True)
+    srv.reset_worker_peaks()
     before = srv.worker_peaks_mib()  # the workers' RSS now
     started, size, rows = time.monotonic(), 0, 0
     with urllib.request.urlopen(srv.base + "/records?format=csv", timeout=1800) as resp:
