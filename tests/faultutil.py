@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 try:  # imported by pytest as `faultutil`, by servers and workers as `tests.faultutil`
-    from serverutil import ROOT, free_port, request, service_env, tcp_sockets
+    from serverutil import ROOT, TCP_ESTABLISHED, free_port, request, service_env, tcp_sockets
 except ImportError:  # pragma: no cover - inside a server or worker process
-    from tests.serverutil import ROOT, free_port, request, service_env, tcp_sockets
+    from tests.serverutil import ROOT, TCP_ESTABLISHED, free_port, request, service_env, tcp_sockets
 
 FAULT_PROCESSORS = "tests.faultutil:HOLD_PROCESSORS"
 HOLD_CATEGORY = "held"
@@ -117,7 +117,7 @@ def wait_for_workers(master_pid: int, count: int, timeout: float, exclude: set[i
 
 def tcp_peers(pid: int, remote_port: int) -> int:
     """How many ESTABLISHED TCP connections process `pid` holds to 127.0.0.1:`remote_port`."""
-    return len(tcp_sockets(pid, "01", remote_port=remote_port))
+    return len(tcp_sockets(pid, TCP_ESTABLISHED, remote_port=remote_port))
 
 
 def worker_command(*extra: str) -> list[str]:

@@ -179,10 +179,13 @@ def json_lines(text: str) -> list[dict]:
     return found
 
 
+TCP_ESTABLISHED, TCP_LISTEN = "01", "0A"  # the socket states of /proc/<pid>/net/tcp
+
+
 def tcp_sockets(pid: int, state: str, *, local_port: int | None = None,
                 remote_port: int | None = None) -> set[str]:
-    """The inodes of process `pid`'s TCP sockets in `state` (/proc's hex code: "0A" listening,
-    "01" established), on `local_port` and/or to `remote_port` when given."""
+    """The inodes of process `pid`'s TCP sockets in `state` (TCP_ESTABLISHED, TCP_LISTEN),
+    on `local_port` and/or to `remote_port` when given."""
     inodes = set()
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):

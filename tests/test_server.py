@@ -15,6 +15,8 @@ from faultutil import gunicorn_workers
 from serverutil import (
     HOST,
     ROOT,
+    TCP_ESTABLISHED,
+    TCP_LISTEN,
     free_port,
     json_lines,
     serve_command,
@@ -27,7 +29,6 @@ from serverutil import (
 from serverutil import request as http
 
 pytestmark = pytest.mark.server
-LISTENING, ESTABLISHED = "0A", "01"
 
 
 @pytest.fixture(scope="module", params=DIALECTS)
@@ -233,10 +234,10 @@ def test_health_fails_fast_when_postgresql_refuses_connections(unreachable_pg_se
 def test_each_worker_listens_on_its_own_socket_and_clients_spread_over_them(server):
     workers = gunicorn_workers(server.proc.pid)
     assert len(workers) == 2, workers
-    listening = {pid: tcp_sockets(pid, LISTENING, local_port=server.port) for pid in workers}
+    listening = {pid: tcp_sockets(pid, TCP_LISTEN, local_port=server.port) for pid in workers}
     assert [len(inodes) for inodes in listening.values()] == [1, 1], listening
     assert len(set.union(*listening.values())) == 2, f"the workers share one socket: {listening}"
-    assert not tcp_sockets(server.proc.pid, LISTENING, local_port=server.port), "the master keeps a listening socket"
+    assert not tcp_sockets(server.proc.pid, TCP_LISTEN, local_port=server.port), "the master keeps a listening socket"
     # Kept-alive connections stay with the worker that accepted them; the kernel spreads them by
     # their address, so 16 connections all on one of 2 workers happens once in 32,768 runs.
     conns = [http_client.HTTPConnection(HOST, server.port, timeout=10) for _ in range(16)]
@@ -246,7 +247,7 @@ def test_each_worker_listens_on_its_own_socket_and_clients_spread_over_them(serv
             response = conn.getresponse()
             response.read()
             assert response.status == 200
-        held = {pid: len(tcp_sockets(pid, ESTABLISHED, local_port=server.port)) for pid in workers}
+        held = {pid: len(tcp_sockets(pid, TCP_ESTABLISHED, local_port=server.port)) for pid in workers}
     finally:
         for conn in conns:
             conn.close()
@@ -257,9 +258,10 @@ def test_each_worker_listens_on_its_own_socket_and_clients_spread_over_them(serv
 def test_no_reuse_port_shares_one_socket(tmp_path):
     srv = start_server(f"sqlite:///{tmp_path / 'shared.db'}", tmp_path / "logs", extra=("--no-reuse-port",))
     try:
-        shared = tcp_sockets(srv.proc.pid, LISTENING, local_port=srv.port)
+        shared = tcp_sockets(srv.proc.pid, TCP_LISTEN, local_port=srv.port)
         assert len(shared) == 1
-        assert all(tcp_sockets(pid, LISTENING, local_port=srv.port) == shared for pid in gunicorn_workers(srv.proc.pid))
+        workers = gunicorn_workers(srv.proc.pid)
+        assert all(tcp_sockets(pid, TCP_LISTEN, local_port=srv.port) == shared for pid in workers)
         assert http("GET", f"{srv.base_url}/health")[0] == 200
     finally:
         stop_server(srv)
