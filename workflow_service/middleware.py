@@ -130,7 +130,6 @@ def _from_falcon(ex: falcon.HTTPError) -> APIError:
     return error
 
 
-
 class JSONFormatter(logging.Formatter):
     """One JSON object per line: time, level, event, then the event's fields."""
 
