@@ -485,7 +485,9 @@ class PostgresDatabase(Database):
         return self._pool
 
     @contextmanager
-    def _unit(self, transaction: bool, snapshot: bool = False):
+    def _unit(self, mode: str | None):
+        """A pooled connection for one unit of work: `mode` None is autocommit (one statement),
+        "write" a read-committed transaction, "snapshot" a repeatable-read, read-only one."""
         import psycopg
         from psycopg import IsolationLevel
 
@@ -498,8 +500,9 @@ class PostgresDatabase(Database):
         broken = False
         try:
             with conn.cursor() as cur:
-                if transaction:
+                if mode:
                     # psycopg's BEGIN carries these: one round trip instead of BEGIN, then SET TRANSACTION.
+                    snapshot = mode == "snapshot"
                     conn.isolation_level = IsolationLevel.REPEATABLE_READ if snapshot else None
                     conn.read_only = True if snapshot else None
                     with conn.transaction():
@@ -515,11 +518,11 @@ class PostgresDatabase(Database):
 
     def read(self, snapshot: bool = False):
         """A read; `snapshot=True` runs in one repeatable-read transaction."""
-        return self._unit(snapshot, snapshot)
+        return self._unit("snapshot" if snapshot else None)
 
     def write(self):
         """A read-committed write transaction (rows are locked explicitly)."""
-        return self._unit(True)
+        return self._unit("write")
 
     def close(self) -> None:
         """Close the idle connections of this process."""
