@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
+import os
 import threading
 import time
 
@@ -42,25 +42,23 @@ def test_sqlite_connection_settings(tmp_path):
     wsgi.db.close()
 
 
-def test_sqlite_write_connection_opened_read_only_is_replaced(tmp_path, monkeypatch):
-    """SQLite opens a file it cannot write read-only, for good: once the file is writable again
-    (a read-only mount remounted), the next write must not keep failing on that connection."""
+def test_sqlite_opens_nothing_on_a_file_it_cannot_write(tmp_path, monkeypatch):
+    """SQLite would open such a file read-only, and every later connection of the process, the
+    writer's too, would share that read-only state after the file became writable again (a
+    read-only mount remounted): so no connection is opened until the file is writable."""
     path = tmp_path / "x.db"
     wsgi = create_app(make_settings(f"sqlite:///{path}"))
     Migrator(wsgi.db).up()
     wsgi.db.close()
     app = TestApp(wsgi)
-    real_open = wsgi.db._open
-
-    def open_read_only_once(role):
-        if role != "write":
-            return real_open(role)
-        monkeypatch.setattr(wsgi.db, "_open", real_open)  # only this first write connection
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
-
-    monkeypatch.setattr(wsgi.db, "_open", open_read_only_once)
+    real_access = os.access
+    writable = False
+    monkeypatch.setattr(os, "access", lambda p, mode: writable and real_access(p, mode))
     body = {"source": "s", "category": "c", "payload": {}}
     assert app.post_json("/records", body, status=503).json["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert app.get("/records", status=503).json["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert wsgi.db._writer is None and getattr(wsgi.db._local, "read", None) is None
+    writable = True
     assert app.post_json("/records", body, status=201).json["status"] == "pending"
     assert app.get("/records").json["total"] == 1
     wsgi.db.close()

@@ -187,6 +187,13 @@ class SQLiteDatabase(Database):
         return conn
 
     def _open(self, role: str) -> sqlite3.Connection:
+        if os.path.exists(self.path) and not os.access(self.path, os.W_OK):
+            # SQLite would open it read-only, and every connection this process opens to the file
+            # while that one lives shares its read-only WAL index: writes would keep failing after
+            # the file became writable again (a read-only mount remounted). Open nothing instead.
+            log.error("sqlite.connect_failed", extra={"fields": {"error": "the database file is not writable",
+                                                                 "path": self.path}})
+            raise DatabaseUnavailable()
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -225,12 +232,6 @@ class SQLiteDatabase(Database):
         except sqlite3.OperationalError as exc:
             # Locked past the timeout, disk full, read-only file, missing table...
             log.error("sqlite.unavailable", extra={"fields": {"error": str(exc)}})
-            if conn_role == "write" and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY:
-                # A connection opened while the file could not be written stays read-only after
-                # it can: drop it (under the write lock), so that the next write opens a new one.
-                writer, self._writer = self._writer, None
-                if writer is not None:
-                    writer.close()
             raise DatabaseUnavailable() from exc
 
     def _begin_immediate(self, cur, deadline: float) -> None:
