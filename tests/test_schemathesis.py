@@ -57,7 +57,10 @@ def test_schemathesis_finds_nothing(dialect, request, tmp_path_factory, tmp_path
         "--checks", CHECKS,
         "--max-examples", str(MAX_EXAMPLES),
         "--seed", SEED,
-        "--workers", "2",
+        # One worker: with two, hypothesis inside schemathesis calls ast.parse from two threads,
+        # which on CPython 3.11.7 can fail with "SystemError: AST constructor recursion depth
+        # mismatch" (python/cpython#106905) - a crash of the tool, not a finding about the API.
+        "--workers", "1",
         "--request-timeout", "10",
         "--generation-database", "none",
         "--no-color",
