@@ -51,16 +51,21 @@ def run_once(db: Database, key: str | None, request_hash: str, create: Callable[
     request is a 409 Conflict.
     """
     if key is None:
-        with db.write() as s:
-            created = create(s)
+        created = db.write_grouped(create)
         return 201, render(created), created
-    with db.write() as s:
-        if s.one("idempotency.claim", {"key": key, "request_hash": request_hash, "now": now()}) is not None:
-            created = create(s)
-            body = render(created)
-            s.run("idempotency.store", {"key": key, "status_code": 201, "response": body})
-            return 201, body, created
-        stored = s.one("idempotency.get", {"key": key})
+
+    def claim_then_create(s: Session):
+        """(the key's stored response, None) when it has one, else (None, what this request got)."""
+        if s.one("idempotency.claim", {"key": key, "request_hash": request_hash, "now": now()}) is None:
+            return s.one("idempotency.get", {"key": key}), None
+        created = create(s)
+        body = render(created)
+        s.run("idempotency.store", {"key": key, "status_code": 201, "response": body})
+        return None, (201, body, created)
+
+    stored, outcome = db.write_grouped(claim_then_create)
+    if outcome is not None:
+        return outcome
     if stored["request_hash"] != request_hash:
         raise Conflict("Idempotency-Key was already used with a different request",
                        details={"idempotency_key": key})

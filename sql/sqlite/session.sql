@@ -67,3 +67,15 @@ PRAGMA wal_checkpoint(RESTART);
 -- of older snapshots (a long CSV export), holding writers off meanwhile; after a reader made
 -- it give up, it waits a second before trying again.
 PRAGMA busy_timeout = 50;
+
+-- name: savepoint
+-- One call's statements within a group commit (db.WriteGroup).
+SAVEPOINT grouped_call;
+
+-- name: rollback_to_savepoint
+-- Undo one call of a group commit; the savepoint stays open until released.
+ROLLBACK TO SAVEPOINT grouped_call;
+
+-- name: release_savepoint
+-- End one call of a group commit.
+RELEASE SAVEPOINT grouped_call;

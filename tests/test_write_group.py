@@ -1,0 +1,159 @@
+"""Group commit: concurrent writes of one process share a transaction on SQLite (db.WriteGroup)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from conftest import make_settings
+
+from workflow import create_app
+from workflow_service.errors import DatabaseUnavailable
+from workflow_service.migrations import Migrator
+from workflow_service.records import insert_records, new_record_id, new_rows
+from workflow_service.timeutil import utc_now_text
+
+
+def insert_one(s, category: str) -> str:
+    """Insert a record of `category` in session `s`; return its id."""
+    rows = new_rows([{"source": "s", "category": category, "payload": {}}], new_record_id)
+    return insert_records(s, rows, "req", utc_now_text())[0]["id"]
+
+
+def categories(db) -> list[str]:
+    with db.read() as s:
+        return sorted(row["category"] for row in s.all_sql("SELECT category FROM records"))
+
+
+def test_write_grouped_commits_its_work_or_none_of_it(make_app):
+    db = make_app().app.db
+    assert len(db.write_grouped(lambda s: insert_one(s, "kept"))) == 36
+
+    def fails(s):
+        insert_one(s, "undone")
+        raise ValueError("the work's own error")
+
+    with pytest.raises(ValueError, match="the work's own error"):
+        db.write_grouped(fails)
+    assert categories(db) == ["kept"]
+
+
+class Group:
+    """A SQLite app whose first write holds the transaction until `release` is set, while more
+    calls queue behind it; every call's outcome is kept by name."""
+
+    def __init__(self, tmp_path, **env: str):
+        self.wsgi = create_app(make_settings(f"sqlite:///{tmp_path / 'x.db'}", **env))
+        Migrator(self.wsgi.db).up()
+        self.db = self.wsgi.db
+        self.started, self.release = threading.Event(), threading.Event()
+        self.outcomes: dict[str, object] = {}
+        self.sessions: dict[str, tuple[int, object]] = {}
+        self.threads: list[threading.Thread] = []
+
+    def call(self, name: str, work) -> None:
+        def run():
+            try:
+                self.outcomes[name] = self.db.write_grouped(work)
+            except Exception as exc:
+                self.outcomes[name] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        self.threads.append(thread)
+
+    def holding(self, name: str):
+        def work(s):
+            self.sessions[name] = (threading.get_ident(), s)
+            self.started.set()
+            assert self.release.wait(10)
+            return insert_one(s, name)
+
+        return work
+
+    def inserting(self, name: str, then=None):
+        def work(s):
+            self.sessions[name] = (threading.get_ident(), s)
+            record_id = insert_one(s, name)
+            if then:
+                then(s)
+            return record_id
+
+        return work
+
+    def start_leader(self) -> None:
+        self.call("leader", self.holding("leader"))
+        assert self.started.wait(10)
+
+    def wait_queued(self, count: int) -> None:
+        group = self.db._group
+        for _ in range(1000):  # at most 10 s
+            with group._changed:
+                if len(group._queue) == count:
+                    return
+            time.sleep(0.01)
+        raise AssertionError(f"{len(group._queue)} calls queued, not {count}")
+
+    def finish(self) -> None:
+        self.release.set()
+        for thread in self.threads:
+            thread.join(10)
+            assert not thread.is_alive()
+        self.db.close()
+
+
+def test_calls_queued_during_a_commit_are_committed_together_by_one_thread(tmp_path):
+    group = Group(tmp_path)
+    group.start_leader()
+    group.call("b", group.inserting("b"))
+    group.call("c", group.inserting("c"))
+    group.wait_queued(2)
+    group.finish()
+    assert {name: len(outcome) for name, outcome in group.outcomes.items()} == {"leader": 36, "b": 36, "c": 36}
+    (b_thread, b_session), (c_thread, c_session) = group.sessions["b"], group.sessions["c"]
+    assert b_thread == c_thread != group.sessions["leader"][0]
+    assert b_session is c_session  # one transaction
+    assert categories(group.db) == ["b", "c", "leader"]
+
+
+def test_a_call_that_raises_in_a_group_undoes_only_its_own_statements(tmp_path):
+    def fail(s):
+        raise ValueError("b's own error")
+
+    group = Group(tmp_path)
+    group.start_leader()
+    group.call("b", group.inserting("b", then=fail))
+    group.call("c", group.inserting("c"))
+    group.wait_queued(2)
+    group.finish()
+    assert isinstance(group.outcomes["b"], ValueError)
+    assert len(group.outcomes["c"]) == 36
+    assert categories(group.db) == ["c", "leader"]
+
+
+def test_a_database_error_fails_the_whole_group_with_503s(tmp_path):
+    def broken_sql(s):
+        s.script("INSERT INTO no_such_table VALUES (1)")
+
+    group = Group(tmp_path)
+    group.start_leader()
+    group.call("b", group.inserting("b"))
+    group.call("c", group.inserting("c", then=broken_sql))
+    group.wait_queued(2)
+    group.finish()
+    assert isinstance(group.outcomes["b"], DatabaseUnavailable)
+    assert isinstance(group.outcomes["c"], DatabaseUnavailable)
+    assert group.outcomes["b"] is not group.outcomes["c"]
+    assert categories(group.db) == ["leader"]
+
+
+def test_a_call_still_queued_at_the_timeout_is_a_503_and_never_runs(tmp_path):
+    group = Group(tmp_path, DB_TIMEOUT_SECONDS="0.2")
+    group.start_leader()
+    group.call("late", group.inserting("late"))
+    group.threads[-1].join(10)  # gives up while the leader still holds the transaction
+    assert isinstance(group.outcomes["late"], DatabaseUnavailable)
+    group.finish()
+    assert "late" not in group.sessions
+    assert categories(group.db) == ["leader"]
