@@ -1,4 +1,4 @@
-"""Group commit: concurrent writes of one process share a transaction on SQLite (db.WriteGroup)."""
+"""How creates write: a group commit on SQLite (db.WriteGroup), one statement on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -157,3 +157,30 @@ def test_a_call_still_queued_at_the_timeout_is_a_503_and_never_runs(tmp_path):
     group.finish()
     assert "late" not in group.sessions
     assert categories(group.db) == ["leader"]
+
+
+def test_a_create_without_a_key_is_one_statement_on_postgresql(make_app, dialect, monkeypatch):
+    """PostgreSQL: the record and its event in one statement, in autocommit (one round trip);
+    SQLite: the group commit's transaction. Either way the record and its event are stored."""
+    app = make_app()
+    db = app.app.db
+    units, statements = [], []
+    real_unit = type(db)._unit
+
+    def spy_unit(self, *args, **kwargs):
+        units.append(args[0])
+        return real_unit(self, *args, **kwargs)
+
+    real_one = type(db).write_one
+    monkeypatch.setattr(type(db), "_unit", spy_unit)
+    monkeypatch.setattr(type(db), "write_one", lambda self, name, params: statements.append(name)
+                        or real_one(self, name, params))
+    record = app.post_json("/records", {"source": "s", "category": "c", "payload": {"n": 1}},
+                           headers={"X-Request-ID": "one-statement"}, status=201).json
+    if dialect == "postgresql":
+        assert units == [None] and statements == ["insert_record_with_event"]
+    else:
+        assert units == ["write"] and statements == []
+    events = app.get(f"/records/{record['id']}/events").json["items"]
+    assert [(e["to_status"], e["request_id"]) for e in events] == [("pending", "one-statement")]
+    assert app.get(f"/records/{record['id']}").json == record

@@ -117,6 +117,13 @@ class Database:
         with self.write() as s:
             return work(s)
 
+    def write_one(self, name: str, params: dict) -> dict | None:
+        """Run statement `name`, which writes, alone; return its first row.
+
+        PostgreSQL runs it in autocommit: one round trip, no BEGIN and COMMIT.
+        """
+        return self.write_grouped(lambda s: s.one(name, params))
+
 
 class _SQLiteSession(Session):
     """sqlite3 hands back tuples; a row becomes a dict here (half the cost of `dict(sqlite3.Row)`)."""
@@ -633,6 +640,10 @@ class PostgresDatabase(Database):
     def write(self):
         """A read-committed write transaction (rows are locked explicitly)."""
         return self._unit("write")
+
+    def write_one(self, name: str, params: dict) -> dict | None:
+        with self._unit(None) as s:  # one statement is a transaction of its own
+            return s.one(name, params)
 
     def close(self) -> None:
         """Close the idle connections of this process."""

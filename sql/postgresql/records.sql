@@ -8,11 +8,18 @@ to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS creat
 to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS updated_at,
 to_char(processed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS processed_at
 
--- name: insert_record
--- Create one pending record.
-INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at, available_at)
-VALUES (%(id)s, %(source)s, %(category)s, %(payload)s::json, 'pending', 0, %(now)s, %(now)s, %(now)s)
-RETURNING {record_columns};
+-- name: insert_record_with_event
+-- Create one pending record and its creation event in one statement: one round trip, and
+-- without an idempotency key no transaction around it (db.write_one).
+WITH r AS (
+    INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at, available_at)
+    VALUES (%(id)s, %(source)s, %(category)s, %(payload)s::json, 'pending', 0, %(now)s, %(now)s, %(now)s)
+    RETURNING *
+), e AS (
+    INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
+    SELECT id, NULL, 'pending', %(now)s, %(request_id)s, NULL FROM r
+)
+SELECT {record_columns} FROM r;
 
 -- name: insert_record_set
 -- Create pending records in bulk from a JSON array of {id, source, category, payload}, payload
