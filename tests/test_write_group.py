@@ -159,9 +159,10 @@ def test_a_call_still_queued_at_the_timeout_is_a_503_and_never_runs(tmp_path):
     assert categories(group.db) == ["leader"]
 
 
-def test_a_create_without_a_key_is_one_statement_on_postgresql(make_app, dialect, monkeypatch):
-    """PostgreSQL: the record and its event in one statement, in autocommit (one round trip);
-    SQLite: the group commit's transaction. Either way the record and its event are stored."""
+@pytest.mark.parametrize("path", ["/records", "/records/batch"])
+def test_a_create_without_a_key_is_one_statement_on_postgresql(make_app, dialect, monkeypatch, path):
+    """PostgreSQL: the records and their events in one statement, in autocommit (one round trip);
+    SQLite: the group commit's transaction. Either way the records and their events are stored."""
     app = make_app()
     db = app.app.db
     units, statements = [], []
@@ -171,16 +172,20 @@ def test_a_create_without_a_key_is_one_statement_on_postgresql(make_app, dialect
         units.append(args[0])
         return real_unit(self, *args, **kwargs)
 
-    real_one = type(db).write_one
+    real_statement = type(db).write_statement
     monkeypatch.setattr(type(db), "_unit", spy_unit)
-    monkeypatch.setattr(type(db), "write_one", lambda self, name, params: statements.append(name)
-                        or real_one(self, name, params))
-    record = app.post_json("/records", {"source": "s", "category": "c", "payload": {"n": 1}},
-                           headers={"X-Request-ID": "one-statement"}, status=201).json
+    monkeypatch.setattr(type(db), "write_statement", lambda self, name, params: statements.append(name)
+                        or real_statement(self, name, params))
+    bodies = [{"source": "s", "category": "c", "payload": {"n": n}} for n in range(3 if "batch" in path else 1)]
+    sent = {"records": bodies} if "batch" in path else bodies[0]
+    answer = app.post_json(path, sent, headers={"X-Request-ID": "one-statement"}, status=201).json
+    records = answer["items"] if "batch" in path else [answer]
     if dialect == "postgresql":
-        assert units == [None] and statements == ["insert_record_with_event"]
+        assert units == [None] and statements == ["insert_records_with_events"]
     else:
         assert units == ["write"] and statements == []
-    events = app.get(f"/records/{record['id']}/events").json["items"]
-    assert [(e["to_status"], e["request_id"]) for e in events] == [("pending", "one-statement")]
-    assert app.get(f"/records/{record['id']}").json == record
+    for record in records:
+        events = app.get(f"/records/{record['id']}/events").json["items"]
+        assert [(e["to_status"], e["request_id"]) for e in events] == [("pending", "one-statement")]
+        assert app.get(f"/records/{record['id']}").json == record  # the response is what was stored
+    assert app.get("/records").json["total"] == len(bodies)

@@ -117,12 +117,12 @@ class Database:
         with self.write() as s:
             return work(s)
 
-    def write_one(self, name: str, params: dict) -> dict | None:
-        """Run statement `name`, which writes, alone; return its first row.
+    def write_statement(self, name: str, params: dict) -> int:
+        """Run statement `name`, which writes, alone; return its row count.
 
         PostgreSQL runs it in autocommit: one round trip, no BEGIN and COMMIT.
         """
-        return self.write_grouped(lambda s: s.one(name, params))
+        return self.write_grouped(lambda s: s.run(name, params))
 
 
 class _SQLiteSession(Session):
@@ -641,9 +641,9 @@ class PostgresDatabase(Database):
         """A read-committed write transaction (rows are locked explicitly)."""
         return self._unit("write")
 
-    def write_one(self, name: str, params: dict) -> dict | None:
+    def write_statement(self, name: str, params: dict) -> int:
         with self._unit(None) as s:  # one statement is a transaction of its own
-            return s.one(name, params)
+            return s.run(name, params)
 
     def close(self) -> None:
         """Close the idle connections of this process."""

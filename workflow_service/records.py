@@ -16,7 +16,7 @@ from .timeutil import utc_now_text
 from .validation import parse_query, read_json_body, validate_body
 
 MAX_LIMIT = 200
-ONE_STATEMENT_CREATE = "insert_record_with_event"  # a dialect whose SQL has it creates a record in one statement
+ONE_STATEMENT_CREATE = "insert_records_with_events"  # a dialect whose SQL has it creates records in one statement
 
 
 _encode = json.JSONEncoder(ensure_ascii=False).encode
@@ -91,10 +91,11 @@ class _Ingest:
         body = validate_body(read_json_body(req, self.max_body_bytes), schema)
         rows = new_rows(records(body), self.new_id)
         key = idempotency_key(req)
-        if key is None and len(rows) == 1 and ONE_STATEMENT_CREATE in self.db.queries:
-            # PostgreSQL: one statement in autocommit, one round trip instead of BEGIN, two inserts, COMMIT.
-            created = [self.db.write_one(ONE_STATEMENT_CREATE, dict(rows[0], now=self.now(),
-                                                                    request_id=req.context.request_id))]
+        if key is None and ONE_STATEMENT_CREATE in self.db.queries:
+            # PostgreSQL: one statement in autocommit, one round trip instead of BEGIN, the inserts, COMMIT.
+            now = self.now()
+            self.db.write_statement(ONE_STATEMENT_CREATE, creation_params(rows, req.context.request_id, now))
+            created = stored_records(rows, now)
             send_json(resp, render(created), 201)
             return created
         request_hash = fingerprint("POST", path, body) if key else ""
@@ -171,21 +172,30 @@ def new_rows(bodies: list[dict], new_id: Callable[[], str]) -> list[dict]:
 def insert_records(s: Session, rows: list[dict], request_id: str, now: str) -> list[dict]:
     """Insert new rows (see `new_rows`) and their creation events; return the stored records.
 
-    One record: the record, then its event (PostgreSQL: one statement that
-    writes both). Several: one statement for the records and one for their
-    events, reading a JSON array (fewer round trips, and PostgreSQL counts them
-    once per statement).
+    PostgreSQL: one statement for all of it. SQLite: one record is a plain
+    insert and its event; several are one statement for the records and one
+    for their events, reading a JSON array.
     """
-    if len(rows) == 1:
-        if ONE_STATEMENT_CREATE in s.queries:  # PostgreSQL
-            return [s.one(ONE_STATEMENT_CREATE, dict(rows[0], now=now, request_id=request_id))]
-        stored = [s.one("insert_record", dict(rows[0], now=now))]
+    if ONE_STATEMENT_CREATE in s.queries:
+        s.run(ONE_STATEMENT_CREATE, creation_params(rows, request_id, now))
+    elif len(rows) == 1:
+        s.run("insert_record", dict(rows[0], now=now))
         s.run("insert_event", {"record_id": rows[0]["id"], "from_status": None, "to_status": PENDING, "now": now,
                                "request_id": request_id, "detail": None})
-        return stored
-    s.run("insert_record_set", {"rows": _encode(rows), "now": now})
-    s.run("insert_creation_events", {"ids": _encode([r["id"] for r in rows]), "now": now,
-                                      "request_id": request_id})
+    else:
+        s.run("insert_record_set", {"rows": _encode(rows), "now": now})
+        s.run("insert_creation_events", {"ids": _encode([r["id"] for r in rows]), "now": now,
+                                          "request_id": request_id})
+    return stored_records(rows, now)
+
+
+def creation_params(rows: list[dict], request_id: str, now: str) -> dict:
+    """The parameters of ONE_STATEMENT_CREATE."""
+    return {"rows": _encode(rows), "now": now, "request_id": request_id}
+
+
+def stored_records(rows: list[dict], now: str) -> list[dict]:
+    """New rows as the records just stored from them, in the columns of `record_columns`."""
     return [
         {"id": r["id"], "source": r["source"], "category": r["category"], "payload": r["payload"],
          "status": PENDING, "result": None, "classification": None, "score": None, "error": None,

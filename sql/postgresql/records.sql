@@ -8,32 +8,20 @@ to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS creat
 to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS updated_at,
 to_char(processed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS processed_at
 
--- name: insert_record_with_event
--- Create one pending record and its creation event in one statement: one round trip, and
--- without an idempotency key no transaction around it (db.write_one).
-WITH r AS (
+-- name: insert_records_with_events
+-- Create pending records and their creation events in one statement, from a JSON array of
+-- {id, source, category, payload}, payload being the JSON text to store: one round trip (and
+-- without an idempotency key no transaction around it, db.write_statement); the count trigger
+-- runs once; the events' foreign key is checked at the end of the statement.
+WITH created AS (
     INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at, available_at)
-    VALUES (%(id)s, %(source)s, %(category)s, %(payload)s::json, 'pending', 0, %(now)s, %(now)s, %(now)s)
-    RETURNING *
-), e AS (
-    INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
-    SELECT id, NULL, 'pending', %(now)s, %(request_id)s, NULL FROM r
+    SELECT r.id, r.source, r.category, r.payload::json, 'pending', 0,
+           %(now)s::timestamptz, %(now)s::timestamptz, %(now)s::timestamptz
+    FROM json_to_recordset(%(rows)s::json) AS r(id uuid, source text, category text, payload text)
+    RETURNING id
 )
-SELECT {record_columns} FROM r;
-
--- name: insert_record_set
--- Create pending records in bulk from a JSON array of {id, source, category, payload}, payload
--- being the JSON text to store; one statement, so the count trigger runs once.
-INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at, available_at)
-SELECT r.id, r.source, r.category, r.payload::json, 'pending', 0,
-       %(now)s::timestamptz, %(now)s::timestamptz, %(now)s::timestamptz
-FROM json_to_recordset(%(rows)s::json) AS r(id uuid, source text, category text, payload text);
-
--- name: insert_creation_events
--- The creation events of records created in bulk, from a JSON array of their ids.
 INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
-SELECT id::uuid, NULL, 'pending', %(now)s::timestamptz, %(request_id)s, NULL
-FROM json_array_elements_text(%(ids)s::json) AS id;
+SELECT id, NULL, 'pending', %(now)s::timestamptz, %(request_id)s, NULL FROM created;
 
 -- name: get_record
 -- Fetch one record by id.

@@ -8,8 +8,7 @@ created_at, updated_at, processed_at
 -- name: insert_record
 -- Create one pending record.
 INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at, available_at)
-VALUES (:id, :source, :category, :payload, 'pending', 0, :now, :now, :now)
-RETURNING {record_columns};
+VALUES (:id, :source, :category, :payload, 'pending', 0, :now, :now, :now);
 
 -- name: insert_record_set
 -- Create pending records in bulk from a JSON array of {id, source, category, payload}, payload
