@@ -95,3 +95,34 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def test_python_jsonschema_loads_only_with_the_first_invalid_input(tmp_path):
+    """Valid input is answered by jsonschema-rs alone, so a worker that never sees invalid
+    input never holds python-jsonschema and its dependencies (about 4 MiB)."""
+    import subprocess
+    import sys
+
+    from serverutil import ROOT, service_env
+
+    script = """
+import sys
+from webtest import TestApp
+import workflow
+from workflow_service.migrations import Migrator
+wsgi = workflow.create_app()
+Migrator(wsgi.db).up()
+app = TestApp(wsgi)
+record = app.post_json("/records", {"source": "s", "category": "c", "payload": {}}).json
+app.post_json("/records/batch", {"records": [{"source": "s", "category": "c", "payload": {}}]})
+app.post(f"/records/{record['id']}/process")
+app.get("/records?status=processed&sort_by=created_at&limit=5")
+app.get("/reports/summary")
+print(sorted(m for m in ("jsonschema", "referencing") if m in sys.modules))
+details = app.post_json("/records", {"source": "", "category": "c"}, status=422).json["error"]["details"]
+print(sorted(m for m in ("jsonschema", "referencing") if m in sys.modules), len(details))
+"""
+    env = service_env(DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.splitlines()
+    assert out == ["[]", "['jsonschema', 'referencing'] 2"]

@@ -15,14 +15,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from typing import TYPE_CHECKING
 
 from .config import ConfigError
 from .db import Database
 from .errors import Conflict, NotFound
 from .timeutil import later, utc_now_text
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 log = logging.getLogger("workflow.states")
 
@@ -137,8 +138,14 @@ class ProcessorRegistry:
 
 def load_category_schemas(folder: Path) -> dict[str, Draft202012Validator]:
     """Load `<category>.json` schemas; an invalid one stops start-up."""
+    paths = sorted(Path(folder).glob("*.json"))
+    if not paths:
+        return {}
+    from jsonschema import Draft202012Validator  # only when there are some (validation.validator_for)
+    from jsonschema.exceptions import SchemaError
+
     validators = {}
-    for path in sorted(Path(folder).glob("*.json")):
+    for path in paths:
         try:
             schema = json.loads(path.read_text(encoding="utf-8"))
             Draft202012Validator.check_schema(schema)

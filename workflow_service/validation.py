@@ -11,13 +11,16 @@ import json
 import re
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jsonschema_rs
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
 
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, problem
 from .timeutil import parse_bound
+
+if TYPE_CHECKING:  # python-jsonschema is imported on the first invalid input (validator_for)
+    from jsonschema import Draft202012Validator
+    from referencing import Registry
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 MAX_JSON_DEPTH = 64
@@ -27,13 +30,15 @@ MAX_JSON_DEPTH = 64
 def load_schema(name: str, schema_dir: Path = SCHEMA_DIR) -> dict:
     """A schema document from `schemas/`, checked once."""
     schema = json.loads((schema_dir / name).read_text(encoding="utf-8"))
-    Draft202012Validator.check_schema(schema)
+    jsonschema_rs.meta.validate(schema)
     return schema
 
 
 @cache
 def schema_registry(schema_dir: Path = SCHEMA_DIR) -> Registry:
     """Every request schema by its `$id`, so that schemas can `$ref` each other."""
+    from referencing import Registry, Resource
+
     resources = []
     for name in schema_names(schema_dir):
         schema = load_schema(name, schema_dir)
@@ -43,7 +48,13 @@ def schema_registry(schema_dir: Path = SCHEMA_DIR) -> Registry:
 
 @cache
 def validator_for(name: str) -> Draft202012Validator:
-    """A compiled validator for `schemas/<name>`: it explains every problem."""
+    """A compiled validator for `schemas/<name>`: it explains every problem.
+
+    Imported here, not at start-up: python-jsonschema and its dependencies add
+    about 4 MiB to a worker that may only ever see valid input.
+    """
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(load_schema(name), registry=schema_registry())
 
 
