@@ -339,11 +339,11 @@ class WriteGroup:
 
     A commit writes every page the transaction touched to the WAL: about 17 for
     one record (the table and its indexes, the audit trail, the counts), some
-    0.2 ms while every other writer waits. So the thread that finds no commit under
-    way leads: it takes what the other threads have queued meanwhile and runs
-    it all in one transaction, each call inside a savepoint, so that a call
-    that raises undoes only its own statements. A database error fails the
-    whole group. Alone, a thread writes as it would without the group.
+    0.2 ms while every other writer waits. So the thread that finds no commit
+    under way leads: it takes what the other threads have queued meanwhile and
+    runs it all in one transaction, each call inside a savepoint, so that a
+    call that raises undoes only its own statements. A database error fails
+    the whole group. Alone, a thread writes as it would without the group.
     """
 
     def __init__(self, db: SQLiteDatabase):
