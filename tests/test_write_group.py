@@ -160,7 +160,7 @@ def test_a_call_still_queued_at_the_timeout_is_a_503_and_never_runs(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["/records", "/records/batch"])
-def test_a_create_without_a_key_is_one_statement_on_postgresql(make_app, dialect, monkeypatch, path):
+def test_a_keyless_create_is_one_statement_on_postgresql_grouped_on_sqlite(make_app, dialect, monkeypatch, path):
     """PostgreSQL: the records and their events in one statement, in autocommit (one round trip);
     SQLite: the group commit's transaction. Either way the records and their events are stored."""
     app = make_app()
