@@ -92,6 +92,55 @@ def test_sqlite_checkpoints_outside_the_request(tmp_path):
     wsgi.db.close()
 
 
+def test_sqlite_writer_polls_another_processs_lock_quickly_then_backs_off(tmp_path, monkeypatch):
+    """A commit of another process holds the lock for 0.3-2 ms: the waiter polls every 50 µs (jittered)
+    for the first 5 ms, so that the lock is not left free long after it is released; then it backs
+    off to pauses of at most 2 ms, and takes the lock once it is free."""
+    import sqlite3
+
+    from workflow_service import db as db_module
+
+    path = tmp_path / "x.db"
+    wsgi = create_app(make_settings(f"sqlite:///{path}"))
+    Migrator(wsgi.db).up()
+    other = sqlite3.connect(path, isolation_level=None)  # another process's writer, as SQLite sees it
+    other.execute("BEGIN IMMEDIATE")
+    pauses, long_wait = [], threading.Event()
+    real_monotonic, real_sleep = time.monotonic, time.sleep
+    waited_from = real_monotonic()
+
+    class Clock:  # the db module's view of `time`: its pauses are recorded, and really slept
+        monotonic = staticmethod(real_monotonic)
+
+        @staticmethod
+        def sleep(seconds):
+            pauses.append((real_monotonic() - waited_from, seconds))
+            if real_monotonic() - waited_from > 0.05:
+                long_wait.set()
+            real_sleep(seconds)
+
+    monkeypatch.setattr(db_module, "time", Clock)
+    outcome = []
+
+    def write():
+        with wsgi.db.write() as s:
+            outcome.append(s.one("ping", {})["ok"])
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert long_wait.wait(10)
+    other.commit()  # the lock is free: the waiter takes it at its next attempt
+    writer.join(10)
+    assert outcome == [1]
+    early = [p for at, p in pauses if at < db_module.SQLiteDatabase.RETRY_FAST_SECONDS]
+    late = [p for at, p in pauses if at > 0.01]
+    assert len(early) > 10 and max(early) <= 1.5 * db_module.SQLiteDatabase.RETRY_PAUSE_SECONDS
+    assert late and max(late) > 4 * db_module.SQLiteDatabase.RETRY_PAUSE_SECONDS  # it backed off
+    assert max(p for _, p in pauses) <= 1.5 * db_module.SQLiteDatabase.RETRY_MAX_PAUSE_SECONDS
+    other.close()
+    wsgi.db.close()
+
+
 def test_postgresql_connections_are_reused(pg_app):
     app, _ = pg_app
     app.get("/records")
