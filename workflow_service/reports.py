@@ -43,13 +43,9 @@ def summary(db: Database, query: dict, now: Callable[[], str] = utc_now_text) ->
     """
     check_range(query)
     filters, params = filter_fragments(query, "date_from", "date_to")
+    counted = "summary_counts" if has_date_filter(filters) else "summary_from_counts"
     with db.read() as s:
-        if has_date_filter(filters):
-            rows = s.all_sql(s.queries.compose("summary_counts", filters=filters), params)
-        else:
-            counts = s.all_sql(s.queries.compose("summary_from_counts", filters=filters), params)
-            rows = [{"dimension": dimension, "key": row[dimension], "status": row["status"], "n": row["n"]}
-                    for row in counts if row["n"] for dimension in ("category", "source")]
+        rows = s.all_sql(s.queries.compose(counted, filters=filters), params)
     by_category = _group(rows, "category")
     totals = {"all": sum(c["count"] for c in by_category)}
     totals.update({status: sum(c[status] for c in by_category) for status in STATUSES})

@@ -62,7 +62,9 @@ ORDER BY records.processed_at DESC, records.id DESC LIMIT %(limit)s;
 SELECT coalesce(sum(n), 0)::bigint AS total FROM record_counts WHERE {filters};
 
 -- name: summary_from_counts
--- Per category, source and status, from the maintained counts (no date filter).
-SELECT category, source, status, sum(n)::bigint AS n
+-- summary_counts from the maintained counts (no date filter): the shards are summed here, so
+-- some 45 rows come back instead of one per shard, category, source and status (2,400).
+SELECT CASE WHEN GROUPING(category) = 0 THEN 'category' ELSE 'source' END AS dimension,
+       COALESCE(category, source) AS key, status, sum(n)::bigint AS n
 FROM record_counts WHERE {filters}
-GROUP BY category, source, status;
+GROUP BY GROUPING SETS ((category, status), (source, status));

@@ -59,7 +59,9 @@ ORDER BY processed_at DESC, id DESC LIMIT :limit;
 SELECT coalesce(sum(n), 0) AS total FROM record_counts WHERE {filters};
 
 -- name: summary_from_counts
--- Per category, source and status, from the maintained counts (no date filter).
-SELECT category, source, status, sum(n) AS n
-FROM record_counts WHERE {filters}
-GROUP BY category, source, status;
+-- summary_counts from the maintained counts (no date filter).
+SELECT 'category' AS dimension, category AS key, status, sum(n) AS n
+FROM record_counts WHERE {filters} GROUP BY category, status
+UNION ALL
+SELECT 'source' AS dimension, source AS key, status, sum(n) AS n
+FROM record_counts WHERE {filters} GROUP BY source, status;
