@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import make_settings
 from webtest import TestApp
 
@@ -89,3 +90,33 @@ def test_processor_errors_fail_the_record_with_the_message_only(tmp_path):
         assert done["score"] is None and done["classification"] is None
         assert "Traceback" not in done["error"]
     wsgi.db.close()
+
+
+@pytest.mark.parametrize(("build", "limited"), [("workflow.app", True), ("workflow.create_app()", False)])
+def test_the_served_app_shares_two_malloc_arenas_and_an_embedded_one_changes_nothing(tmp_path, build, limited):
+    """glibc gives each thread an arena and keeps what the thread frees there; the served app's
+    threads share two (workflow.limit_malloc_arenas), an embedder's process keeps glibc's default."""
+    import subprocess
+    import sys
+
+    from serverutil import ROOT, service_env
+
+    script = f"""
+import ctypes, threading
+import workflow
+{build}
+def allocate():
+    kept = [bytearray(4096) for _ in range(100)]  # buffers from glibc's malloc, in this thread
+    ready.wait()
+ready = threading.Barrier(8)
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" section per arena, on stderr
+"""
+    env = service_env(DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
+    env.pop("MALLOC_ARENA_MAX", None)
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60, check=True)
+    arenas = sum(line.startswith("Arena ") for line in out.stderr.splitlines())
+    assert arenas == 2 if limited else arenas > 2
