@@ -144,9 +144,9 @@ def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
 
     glibc gives each new thread an arena of its own, up to 8 per core, and keeps
     what a thread frees in that thread's arena. A gunicorn worker's four threads
-    each grew theirs by a large batch or a time series' sort, and the worker kept
-    all of it: on SQLite, 53.5 MiB at its peak after 100-record batches, 48 with
-    two arenas, 46 with one (docs/benchmarks.md). Two, not one: with one, the
+    each grew theirs rendering batches, and the worker kept all of it: on SQLite,
+    53.5 MiB at its peak after 100-record batches, 48 with two arenas, 46 with
+    one (docs/benchmarks.md). Two, not one: with one, the
     PostgreSQL batches (libpq allocates outside the GIL) were slower in some runs.
     Set by the served app (`workflow:app`), before its threads start; an
     application that embeds `create_app` keeps its own allocator settings.
