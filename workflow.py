@@ -139,24 +139,24 @@ MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # glibc's malloc.h
 
 
-def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
-    """Have this process's threads share `count` glibc malloc arenas; False where that is not glibc.
+def limit_malloc_arenas() -> None:
+    """Have this process's threads share MALLOC_ARENAS glibc malloc arenas; without glibc, nothing.
 
     glibc gives each new thread an arena of its own, up to 8 per core, and keeps
     what a thread frees in that thread's arena. A gunicorn worker's four threads
     each grew theirs rendering batches, and the worker kept all of it: on SQLite,
     53.5 MiB at its peak after 100-record batches, 48 with two arenas, 46 with
-    one (docs/benchmarks.md). Two, not one: with one, the
-    PostgreSQL batches (libpq allocates outside the GIL) were slower in some runs.
-    Set by the served app (`workflow:app`), before its threads start; an
-    application that embeds `create_app` keeps its own allocator settings.
+    one (docs/benchmarks.md). Two, not one: with one, PostgreSQL batches (libpq
+    allocates outside the GIL) were slower in some runs. Set by the served app
+    (`workflow:app`), before its threads start; an application that embeds
+    `create_app` keeps its own allocator settings.
     """
     try:
         import ctypes
 
-        return ctypes.CDLL(None).mallopt(_M_ARENA_MAX, count) == 1
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
     except (OSError, AttributeError):
-        return False
+        pass
 
 
 def __getattr__(name: str):
