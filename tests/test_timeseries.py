@@ -112,3 +112,31 @@ def test_ten_thousand_buckets_is_the_limit(app):
                                    "date_from=9999-12-31T23:59:59", "bucket=day&date_from=9999-12-31"])
 def test_extreme_dates_are_answered(app, query):
     assert app.get("/reports/timeseries?" + query).status_int == 200
+
+
+def test_bucket_edges_and_the_range_bounds_inside_buckets(timed):
+    app, clock = timed
+    base = datetime(2030, 3, 10, tzinfo=timezone.utc)
+    make(app, clock, base + timedelta(hours=1), 1)  # the first instant of 01:00
+    make(app, clock, base + timedelta(hours=1, microseconds=-1), 2)  # the last of 00:00
+    make(app, clock, base + timedelta(minutes=10), 4)  # in the first bucket, before date_from
+    make(app, clock, base + timedelta(hours=2, minutes=50), 8)  # in the last bucket, after date_to
+    make(app, clock, base + timedelta(hours=2, minutes=30), 16, process=True, after=timedelta(minutes=15))
+    body = app.get("/reports/timeseries?bucket=hour&date_from=2030-03-10T00:30:00Z&date_to=2030-03-10T02:45:00Z").json
+    assert [(i["start"][11:13], i["created"]) for i in body["items"]] == [("00", 2), ("01", 1), ("02", 16)]
+    assert [i["became_processed"] for i in body["items"]] == [0, 0, 16]  # processed at 02:45, the bound itself
+    late = app.get("/reports/timeseries?bucket=hour&date_from=2030-03-10T00:30:00Z"
+                   "&date_to=2030-03-10T02:44:59.999999Z").json
+    assert [i["became_processed"] for i in late["items"]] == [0, 0, 0]
+
+
+def test_the_last_bucket_of_year_9999_counts(timed):
+    app, clock = timed
+    make(app, clock, datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc), 3)
+    make(app, clock, datetime(9999, 12, 30, 12, tzinfo=timezone.utc), 1)
+    body = app.get("/reports/timeseries?bucket=day&date_from=9999-12-30&date_to=9999-12-31T23:59:59.999999Z").json
+    assert [(i["start"][:10], i["created"], i["pending"]) for i in body["items"]] == [
+        ("9999-12-30", 1, 1), ("9999-12-31", 3, 3)]
+    hours = app.get("/reports/timeseries?bucket=hour&date_from=9999-12-31T22:00:00Z"
+                    "&date_to=9999-12-31T23:59:59.999999Z").json
+    assert [i["created"] for i in hours["items"]] == [0, 3]

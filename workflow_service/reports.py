@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -85,25 +86,25 @@ def timeseries(db: Database, query: dict, now: Callable[[], str] = utc_now_text)
     created_filters, params = filter_fragments(dict(query, date_from=lower, date_to=upper), "date_from", "date_to")
     finished_filters = tuple(f for f in created_filters if not is_date_filter(f)) + (
         "filter.processed_from", "filter.processed_to")
-    params.update(processed_from=lower, processed_to=upper)
+    starts = [to_text(first + i * BUCKET_STEP[bucket]) for i in range(count)]
+    # SQLite counts each bucket on its own range, from `buckets`: [start, end) pairs, the last
+    # one's end null (the filters bound it at `upper`; a bucket in year 9999 has no next start).
+    # PostgreSQL groups by the `bucket` unit.
+    buckets = json.dumps([[start, end] for start, end in zip(starts, [*starts[1:], None])])
+    params.update(processed_from=lower, processed_to=upper, bucket=bucket, buckets=buckets)
     with db.read(snapshot=True) as s:
-        created = s.all_sql(s.queries.compose("timeseries_created", filters=created_filters,
-                                              bucket=f"bucket.{bucket}.created_at"), params)
-        finished = s.all_sql(s.queries.compose("timeseries_finished", filters=finished_filters,
-                                               bucket=f"bucket.{bucket}.processed_at"), params)
+        created = s.all_sql(s.queries.compose("timeseries_created", filters=created_filters), params)
+        finished = s.all_sql(s.queries.compose("timeseries_finished", filters=finished_filters), params)
     items = {}
-    for i in range(count):
-        key = to_text(first + i * BUCKET_STEP[bucket])
+    for key in starts:
         items[key] = {"start": key, "created": 0, **dict.fromkeys(STATUSES, 0), "became_processed": 0,
                       "became_failed": 0, "latency_p50_ms": None, "latency_p95_ms": None,
                       "latency_avg_ms": None, "latency_max_ms": None}
     for row in created:
-        if row["start"] in items:
-            items[row["start"]][row["status"]] += row["n"]
-            items[row["start"]]["created"] += row["n"]
+        item = items[row["start"]]
+        item[row["status"]] += row["n"]
+        item["created"] += row["n"]
     for row in finished:
-        if row["start"] not in items:
-            continue
         item = items[row["start"]]
         item[f"became_{row['status']}"] += row["n"]
         if row["status"] == "processed":  # latency of successful processing

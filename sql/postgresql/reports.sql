@@ -15,34 +15,20 @@ processed_at >= %(processed_from)s::timestamptz
 -- Inclusive upper bound on processed_at.
 processed_at <= %(processed_to)s::timestamptz
 
--- name: bucket.hour.created_at
--- The UTC hour a record was created in. (a timestamp: the queries group on it and format only the groups)
-date_trunc('hour', created_at AT TIME ZONE 'UTC')
-
--- name: bucket.day.created_at
--- The UTC day a record was created on. (a timestamp: the queries group on it and format only the groups)
-date_trunc('day', created_at AT TIME ZONE 'UTC')
-
--- name: bucket.hour.processed_at
--- The UTC hour a record reached its terminal state in. (a timestamp: the queries group on it and format only the groups)
-date_trunc('hour', processed_at AT TIME ZONE 'UTC')
-
--- name: bucket.day.processed_at
--- The UTC day a record reached its terminal state on. (a timestamp: the queries group on it and format only the groups)
-date_trunc('day', processed_at AT TIME ZONE 'UTC')
-
 -- name: timeseries_created
--- Records created per bucket, by current status.
+-- Records created per UTC bucket (the bucket parameter: 'hour' or 'day'), by current status.
+-- It groups on the truncated timestamp and formats only the groups. (SQLite counts each bucket
+-- on its own instead; here the grouping's memory is the server's, not the worker's.)
 SELECT to_char(bucket, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS start, status, n
-FROM (SELECT {bucket} AS bucket, status, count(*) AS n
+FROM (SELECT date_trunc(%(bucket)s, created_at AT TIME ZONE 'UTC') AS bucket, status, count(*) AS n
       FROM records WHERE {filters}
       GROUP BY 1, 2) AS grouped;
 
 -- name: timeseries_finished
--- Records that reached processed or failed per bucket, with processing latency percentiles.
+-- Records that reached processed or failed per UTC bucket, with processing latency percentiles.
 SELECT to_char(bucket, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS start, status, n,
        latency_avg_ms, latency_max_ms, latency_p50_ms, latency_p95_ms
-FROM (SELECT {bucket} AS bucket, status, count(*) AS n,
+FROM (SELECT date_trunc(%(bucket)s, processed_at AT TIME ZONE 'UTC') AS bucket, status, count(*) AS n,
              avg(extract(epoch FROM processed_at - created_at) * 1000)::float8 AS latency_avg_ms,
              max(extract(epoch FROM processed_at - created_at) * 1000)::float8 AS latency_max_ms,
              percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at) * 1000)

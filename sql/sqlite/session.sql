@@ -35,7 +35,8 @@ PRAGMA cache_size = -2048;
 -- request walks; random leaves would miss any cache). Pages missing here come from the
 -- operating system's cache, which all connections and processes share. SQLite also sizes
 -- a connection's in-memory sort by it: at SQLite's default 2 MiB, four threads grouping a
--- time series took a worker from 38 to 62 MiB; at 1 MiB to 52 MiB, at the same speed.
+-- time series (which no longer sorts: docs/reports.md) took a worker from 38 to 62 MiB; at
+-- 1 MiB to 52 MiB, at the same speed.
 PRAGMA cache_size = -1024;
 
 -- name: pragma.no_busy_wait
