@@ -17,7 +17,7 @@ NAME_LINE = re.compile(r"^--\s*name:\s*(\S+)\s*$")
 ONLY_IN = {
     "sqlite": {"pragma.journal_mode", "pragma.synchronous", "pragma.foreign_keys", "pragma.write_cache",
                "pragma.read_cache", "pragma.temp_store", "pragma.no_auto_checkpoint", "pragma.no_busy_wait",
-               "pragma.restart_wait", "wal_checkpoint", "wal_restart", "begin_read", "begin_write",
+               "wal_checkpoint", "wal_restart", "begin_read", "begin_write",
                "savepoint", "rollback_to_savepoint", "release_savepoint", "insert_record",
                "insert_record_set", "insert_creation_events"},
     "postgresql": {"insert_records_with_events"},

@@ -434,13 +434,14 @@ class Checkpointer:
     PASSIVE checkpoint takes no lock that writers or readers wait for; while
     another process's checkpointer runs, this one's attempt does nothing. Once
     the WAL holds RESTART_FRAMES, a RESTART checkpoint (writers wait, for at most
-    the `restart_wait` busy timeout) rewinds it; when a long reader keeps it from
+    RESTART_WAIT_SECONDS) rewinds it; when a long reader keeps it from
     finishing, the next RESTART waits RESTART_BACKOFF_SECONDS. One per process,
     started by the first write.
     """
 
     INTERVAL_SECONDS = 0.1
     RESTART_FRAMES = 4000  # a 16 MiB WAL (4 KiB pages)
+    RESTART_WAIT_SECONDS = 0.05  # writers of this process wait meanwhile; other processes' too once it runs
     RESTART_BACKOFF_SECONDS = 1.0
 
     def __init__(self, path: str, queries: Queries, write_lock: threading.Lock):
@@ -471,12 +472,32 @@ class Checkpointer:
         if self._conn is not None:
             self._conn.close()
 
+    def _restart(self) -> bool:
+        """A RESTART checkpoint, retried like a waiting writer for RESTART_WAIT_SECONDS; True if still busy.
+
+        SQLite's busy handler sleeps 1, 2, 5, 10 ms between its tries, and another
+        process's writers, which retry every 50 µs (SQLiteDatabase._begin_immediate),
+        took the lock first nearly every time: with two processes writing batches the
+        WAL grew to 70-200 MiB instead of rewinding at about 16
+        (test_sqlite_wal_stays_bounded_with_two_writing_processes).
+        """
+        deadline = time.monotonic() + self.RESTART_WAIT_SECONDS
+        pause, started = SQLiteDatabase.RETRY_PAUSE_SECONDS, time.monotonic()
+        while True:
+            busy, _, _ = self._conn.execute(self.queries["wal_restart"]).fetchone()
+            now = time.monotonic()
+            if not busy or now + pause > deadline:
+                return bool(busy)
+            time.sleep(pause * (0.5 + random.random()))
+            if now - started > SQLiteDatabase.RETRY_FAST_SECONDS:
+                pause = min(pause * 2, SQLiteDatabase.RETRY_MAX_PAUSE_SECONDS)
+
     def checkpoint(self) -> None:
         """Copy what the WAL holds into the database file; restart the WAL once it is long."""
         try:
             if self._conn is None:
                 self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                self._conn.execute(self.queries["pragma.restart_wait"])
+                self._conn.execute(self.queries["pragma.no_busy_wait"])  # _restart polls instead
             _busy, wal_frames, _copied = self._conn.execute(self.queries["wal_checkpoint"]).fetchone()
             if wal_frames >= self.RESTART_FRAMES and time.monotonic() >= self._restart_after:
                 # Under steady writes a PASSIVE checkpoint never catches up with the end of the
@@ -485,7 +506,7 @@ class Checkpointer:
                 # PASSIVE pass while holding writers off, so the next write starts at the top.
                 # This process's writers wait on their lock, so that they cannot starve it.
                 with self.write_lock:
-                    busy, _, _ = self._conn.execute(self.queries["wal_restart"]).fetchone()
+                    busy = self._restart()
                 if busy:  # a reader still uses an old snapshot (a CSV export): let writers be a while
                     self._restart_after = time.monotonic() + self.RESTART_BACKOFF_SECONDS
             self.done.set()

@@ -40,8 +40,9 @@ PRAGMA cache_size = -2048;
 PRAGMA cache_size = -1024;
 
 -- name: pragma.no_busy_wait
--- The writer connection handles a busy database itself (db.py: SQLiteDatabase.write),
--- with short pauses instead of SQLite's busy-handler sleeps.
+-- The writer and the checkpointer handle a busy database themselves (db.py:
+-- SQLiteDatabase._begin_immediate, Checkpointer._restart), with short pauses instead of
+-- SQLite's busy-handler sleeps.
 PRAGMA busy_timeout = 0;
 
 -- name: pragma.temp_store
@@ -60,14 +61,9 @@ PRAGMA wal_autocheckpoint = 0;
 PRAGMA wal_checkpoint(PASSIVE);
 
 -- name: wal_restart
--- Copy the rest and rewind the WAL, holding writers off while it waits (see pragma.restart_wait).
+-- Copy the rest and rewind the WAL. Run with no busy timeout: db.py's Checkpointer retries it
+-- while holding its own process's writers off (Checkpointer._restart).
 PRAGMA wal_checkpoint(RESTART);
-
--- name: pragma.restart_wait
--- The Checkpointer's RESTART waits at most this long for the current writer and for readers
--- of older snapshots (a long CSV export), holding writers off meanwhile; after a reader made
--- it give up, it waits a second before trying again.
-PRAGMA busy_timeout = 50;
 
 -- name: savepoint
 -- One call's statements within a group commit (db.WriteGroup).
