@@ -64,10 +64,14 @@ def record_json(row: dict) -> str:
 
 
 def send_json(resp, text: str, status: int = 200) -> None:
-    """Send JSON text that is already encoded."""
+    """Send JSON text that is already encoded.
+
+    As bytes at once: Falcon would keep `resp.text` and its encoding side by side
+    until the response is sent, 0.4 MiB each for a 1,000-record batch.
+    """
     resp.status = status
     resp.content_type = "application/json"
-    resp.text = text
+    resp.data = text.encode()
 
 
 def checked_id(record_id: str) -> str:
@@ -91,6 +95,8 @@ class _Ingest:
         body = validate_body(read_json_body(req, self.max_body_bytes), schema)
         rows = new_rows(records(body), self.new_id)
         key = idempotency_key(req)
+        request_hash = fingerprint("POST", path, body) if key else ""
+        del body  # a 1,000-record batch parsed is about 0.5 MiB, held no longer than this
         if key is None and ONE_STATEMENT_CREATE in self.db.queries:
             # PostgreSQL: one statement in autocommit, one round trip instead of BEGIN, the inserts, COMMIT.
             now = self.now()
@@ -98,7 +104,6 @@ class _Ingest:
             created = stored_records(rows, now)
             send_json(resp, render(created), 201)
             return created
-        request_hash = fingerprint("POST", path, body) if key else ""
         status, text, created = run_once(
             self.db, key, request_hash, lambda s: insert_records(s, rows, req.context.request_id, self.now()), render)
         send_json(resp, text, status)
@@ -114,7 +119,7 @@ class RecordCollection(_Ingest):
     def on_post(self, req, resp):
         created = self.ingest(req, resp, "/records", "record_create.json", lambda body: [body],
                               lambda rows: record_json(rows[0]))
-        record_id = created[0]["id"] if created else json.loads(resp.text)["id"]
+        record_id = created[0]["id"] if created else json.loads(resp.data)["id"]
         resp.location = f"{req.root_path}/records/{record_id}"
 
     def on_get(self, req, resp):
