@@ -85,3 +85,24 @@ def test_chunked_bodies_within_the_limit_are_read(server):
     head = b"POST /records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     answer = raw(server, head + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
+
+
+def test_batch_clients_still_sending_their_bodies_hold_no_turn(server):
+    # Two batches at a time are parsed and written per process (RecordBatch.AT_ONCE); the body is
+    # read before a turn is taken, so clients that never finish sending theirs keep no one waiting.
+    head = (b"POST /records/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 4000\r\n\r\n")
+    slow = []
+    try:
+        for _ in range(3):
+            sock = socket.create_connection((HOST, server.port), timeout=5)
+            sock.sendall(head + b'{"records": [')  # the rest never comes
+            slow.append(sock)
+        body = {"records": [{"source": "s", "category": "c", "payload": {}}] * 3}
+        for _ in range(3):
+            started = time.monotonic()
+            status, _, _ = request("POST", f"{server.base_url}/records/batch", body=body, timeout=5)
+            assert status == 201 and time.monotonic() - started < 2
+    finally:
+        for sock in slow:
+            sock.close()

@@ -235,3 +235,21 @@ def test_list_reports_every_bad_query_value(app):
 def test_list_trailing_slash_and_unknown_params(app, create_record):
     create_record()
     assert app.get("/records/?unknown=1").json["total"] == 1
+
+
+def test_batches_past_their_turns_wait_then_get_a_503(make_app):
+    app = make_app(DB_TIMEOUT_SECONDS="0.2")
+    batches = app.app._router.find("/records/batch")[0]
+    body = {"records": [{"source": "s", "category": "c", "payload": {}}] * 2}
+    for _ in range(batches.AT_ONCE):  # as if that many batches were being written
+        batches._slots.acquire()
+    try:
+        busy = app.post_json("/records/batch", body, status=503)
+        assert busy.json["error"] == {"code": "SERVICE_UNAVAILABLE", "details": None,
+                                      "message": "too many batches in progress, try again later"}
+        app.post_json("/records", body["records"][0], status=201)  # single creates take no turn
+    finally:
+        batches._slots.release()
+    assert app.post_json("/records/batch", body, status=201).json["count"] == 2
+    batches._slots.release()
+    assert app.get("/records").json["total"] == 3  # the refused batch stored nothing

@@ -109,8 +109,8 @@ def is_json_media_type(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-def read_json_body(req, max_bytes: int):
-    """Read and parse the request body as JSON, within `max_bytes`."""
+def read_body(req, max_bytes: int) -> bytes:
+    """The request body's bytes, at most `max_bytes`, from a JSON request; `parse_json_body` reads them."""
     if not is_json_media_type(req.content_type):
         raise UnsupportedMediaType(f"Content-Type {req.content_type.split(';')[0]!r} is not application/json")
     length = req.content_length
@@ -124,6 +124,11 @@ def read_json_body(req, max_bytes: int):
         raise PayloadTooLarge(f"request body is over {max_bytes} bytes", details={"max_bytes": max_bytes})
     if not raw.strip():
         raise BadRequest("request body is empty; send a JSON object")
+    return raw
+
+
+def parse_json_body(raw: bytes):
+    """A request body (see `read_body`) parsed as JSON, refusing what no database stores intact."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
