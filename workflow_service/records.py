@@ -239,9 +239,9 @@ class RecordBatch(_Ingest):
     """`POST /records/batch`: 1-1000 records, validated first, stored all or nothing.
 
     Two batches at a time per process (AT_ONCE): four threads each holding a
-    1,000-record batch as Python objects took a worker to about 61 MiB, two to 55,
-    at the same throughput, since the interpreter lock (and on SQLite the write
-    lock) lets one of them work at a time anyway (docs/decisions.md).
+    1,000-record batch as Python objects took a worker to 59-62 MiB, two at a time
+    to 55-60, at the same throughput, since the interpreter lock (and on SQLite the
+    write lock) lets one of them work at a time anyway (docs/decisions.md).
     """
 
     AT_ONCE = 2
