@@ -90,7 +90,8 @@ def timeseries(db: Database, query: dict, now: Callable[[], str] = utc_now_text)
     # SQLite counts each bucket on its own range, from `buckets`: [start, end) pairs, the last
     # one's end null (the filters bound it at `upper`; a bucket in year 9999 has no next start).
     # PostgreSQL groups by the `bucket` unit.
-    buckets = json.dumps([[start, end] for start, end in zip(starts, [*starts[1:], None], strict=True)])
+    ends = [*starts[1:], None] if starts else []  # no buckets: a date_from later than now
+    buckets = json.dumps([[start, end] for start, end in zip(starts, ends, strict=True)])
     params.update(processed_from=lower, processed_to=upper, bucket=bucket, buckets=buckets)
     with db.read(snapshot=True) as s:
         created = s.all_sql(s.queries.compose("timeseries_created", filters=created_filters), params)
