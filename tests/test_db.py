@@ -206,7 +206,7 @@ def test_sqlite_wal_stays_bounded_with_two_writing_processes(tmp_path):
     """Each process's checkpointer must get its RESTART in between the other process's writers.
 
     With SQLite's busy handler (sleeps of 1, 2, 5, 10 ms) it lost to writers that retry every
-    50 µs, and the WAL grew past 100 MiB.
+    50 µs, and the WAL grew to 70-100 MiB here.
     """
     path = tmp_path / "x.db"
     wsgi = create_app(make_settings(f"sqlite:///{path}"))
