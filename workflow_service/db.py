@@ -272,21 +272,34 @@ class SQLiteDatabase(Database):
     RETRY_FAST_SECONDS = 0.005
     RETRY_MAX_PAUSE_SECONDS = 0.002
 
-    def _begin_immediate(self, cur, deadline: float) -> None:
-        pause, started = self.RETRY_PAUSE_SECONDS, time.monotonic()
+    @classmethod
+    def lock_attempts(cls, deadline: float):
+        """Yield before each try at a lock another process may hold: at once, then after each pause.
+
+        The pauses (jittered) stay at RETRY_PAUSE_SECONDS for RETRY_FAST_SECONDS, then double up
+        to RETRY_MAX_PAUSE_SECONDS; it stops when the next pause would pass `deadline`.
+        """
+        pause, started = cls.RETRY_PAUSE_SECONDS, time.monotonic()
+        yield
         while True:
+            now = time.monotonic()
+            if now + pause > deadline:
+                return
+            time.sleep(pause * (0.5 + random.random()))
+            if now - started > cls.RETRY_FAST_SECONDS:
+                pause = min(pause * 2, cls.RETRY_MAX_PAUSE_SECONDS)
+            yield
+
+    def _begin_immediate(self, cur, deadline: float) -> None:
+        for _ in self.lock_attempts(deadline):
             try:
                 cur.execute(self.queries["begin_write"])
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
-                now = time.monotonic()
-                if now + pause > deadline:
-                    raise
-            time.sleep(pause * (0.5 + random.random()))
-            if now - started > self.RETRY_FAST_SECONDS:
-                pause = min(pause * 2, self.RETRY_MAX_PAUSE_SECONDS)
+                busy = exc
+        raise busy
 
     def read(self, snapshot: bool = False):
         """A read; `snapshot=True` keeps several statements consistent."""
@@ -476,21 +489,16 @@ class Checkpointer:
         """A RESTART checkpoint, retried like a waiting writer for RESTART_WAIT_SECONDS; True if still busy.
 
         SQLite's busy handler sleeps 1, 2, 5, 10 ms between its tries, and another
-        process's writers, which retry every 50 µs (SQLiteDatabase._begin_immediate),
+        process's writers, which retry every 50 µs (SQLiteDatabase.lock_attempts),
         took the lock first nearly every time: with two processes writing batches the
         WAL grew to 70-200 MiB instead of rewinding at about 16
         (test_sqlite_wal_stays_bounded_with_two_writing_processes).
         """
-        deadline = time.monotonic() + self.RESTART_WAIT_SECONDS
-        pause, started = SQLiteDatabase.RETRY_PAUSE_SECONDS, time.monotonic()
-        while True:
+        for _ in SQLiteDatabase.lock_attempts(time.monotonic() + self.RESTART_WAIT_SECONDS):
             busy, _, _ = self._conn.execute(self.queries["wal_restart"]).fetchone()
-            now = time.monotonic()
-            if not busy or now + pause > deadline:
-                return bool(busy)
-            time.sleep(pause * (0.5 + random.random()))
-            if now - started > SQLiteDatabase.RETRY_FAST_SECONDS:
-                pause = min(pause * 2, SQLiteDatabase.RETRY_MAX_PAUSE_SECONDS)
+            if not busy:
+                return False
+        return True
 
     def checkpoint(self) -> None:
         """Copy what the WAL holds into the database file; restart the WAL once it is long."""
