@@ -7,7 +7,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 
 from .db import Database, Session
 from .errors import DatabaseUnavailable, NotFound, ValidationFailed, problem
@@ -87,32 +86,28 @@ def checked_id(record_id: str) -> str:
 class _Ingest:
     """What `POST /records` and `POST /records/batch` share: read, validate, insert once per key.
 
-    With `at_once`, at most that many requests of this resource are past reading
+    With AT_ONCE set, at most that many requests of the resource are past reading
     their body (parsing, writing, rendering) in one process; the others wait for
     one to finish, up to the database timeout.
     """
 
+    AT_ONCE: int | None = None
+
     def __init__(self, db: Database, max_body_bytes: int, new_id: Callable[[], str] = new_record_id,
-                 now: Callable[[], str] = utc_now_text, at_once: int | None = None):
+                 now: Callable[[], str] = utc_now_text):
         self.db, self.max_body_bytes, self.new_id, self.now = db, max_body_bytes, new_id, now
-        self._slots = threading.BoundedSemaphore(at_once) if at_once else None
+        self._slots = threading.BoundedSemaphore(self.AT_ONCE) if self.AT_ONCE else None
 
     def ingest(self, req, resp, path: str, schema: str, records: Callable[[dict], list[dict]],
                render: Callable[[list[dict]], str]) -> list[dict]:
         """Create the body's records (or replay the key's response); return the rows created now."""
         raw = read_body(req, self.max_body_bytes)  # before taking a turn: a slow client holds none
-        with self._turn():
-            return self._create(req, resp, raw, path, schema, records, render)
-
-    @contextmanager
-    def _turn(self):
         if self._slots is None:
-            yield
-            return
+            return self._create(req, resp, raw, path, schema, records, render)
         if not self._slots.acquire(timeout=self.db.settings.db_timeout_seconds):
             raise DatabaseUnavailable("too many batches in progress, try again later")
         try:
-            yield
+            return self._create(req, resp, raw, path, schema, records, render)
         finally:
             self._slots.release()
 
@@ -245,10 +240,6 @@ class RecordBatch(_Ingest):
     """
 
     AT_ONCE = 2
-
-    def __init__(self, db: Database, max_body_bytes: int, new_id: Callable[[], str] = new_record_id,
-                 now: Callable[[], str] = utc_now_text):
-        super().__init__(db, max_body_bytes, new_id, now, at_once=self.AT_ONCE)
 
     def on_post(self, req, resp):
         self.ingest(req, resp, "/records/batch", "records_batch.json", lambda body: body["records"],
