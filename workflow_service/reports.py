@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from itertools import pairwise
 
 from .db import Database
 from .errors import ValidationFailed, problem
@@ -90,8 +91,7 @@ def timeseries(db: Database, query: dict, now: Callable[[], str] = utc_now_text)
     # SQLite counts each bucket on its own range, from `buckets`: [start, end) pairs, the last
     # one's end null (the filters bound it at `upper`; a bucket in year 9999 has no next start).
     # PostgreSQL groups by the `bucket` unit.
-    ends = [*starts[1:], None] if starts else []  # no buckets: a date_from later than now
-    buckets = json.dumps([[start, end] for start, end in zip(starts, ends, strict=True)])
+    buckets = json.dumps(list(pairwise([*starts, None])))
     params.update(processed_from=lower, processed_to=upper, bucket=bucket, buckets=buckets)
     with db.read(snapshot=True) as s:
         created = s.all_sql(s.queries.compose("timeseries_created", filters=created_filters), params)
