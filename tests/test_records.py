@@ -30,7 +30,7 @@ def test_create_returns_the_record_with_location(app):
 def test_record_ids_are_uuid4_led_by_the_time_in_milliseconds(monkeypatch):
     clock = iter([1_700_000_000_123_000_000, 1_700_000_000_123_999_999, 1_700_000_000_124_000_000])
     monkeypatch.setattr(records.time, "time_ns", lambda: next(clock))
-    first, same_ms, next_ms = (records.new_record_id() for _ in range(3))
+    first, same_ms, next_ms = (records.new_record_ids(1)[0] for _ in range(3))
     for rid in (first, same_ms, next_ms):
         parsed = uuid.UUID(rid)
         assert str(parsed) == rid and parsed.version == 4 and parsed.variant == uuid.RFC_4122
@@ -41,7 +41,7 @@ def test_record_ids_are_uuid4_led_by_the_time_in_milliseconds(monkeypatch):
 
 def test_record_ids_keep_74_random_bits(monkeypatch):
     monkeypatch.setattr(records.time, "time_ns", lambda: 1_700_000_000_000_000_000)
-    ids = {records.new_record_id() for _ in range(20_000)}
+    ids = set(records.new_record_ids(20_000))
     assert len(ids) == 20_000
     any_one, all_one = 0, (1 << 128) - 1
     for rid in ids:
@@ -60,6 +60,19 @@ def test_record_json_is_json_dumps_of_the_record():
            "created_at": now, "updated_at": now, "processed_at": None}
     expected = dict(row, payload={"a": [1, 2.5, None]}, result={"x": "ü"}, score=9.0)
     assert records.record_json(row) == json.dumps(expected, ensure_ascii=False)
+
+
+def test_a_new_record_renders_as_record_json_renders_it_stored():
+    now = "2026-11-26T01:00:00.000000Z"
+    tricky = 'ü"\\\n\u2028\x00é😀\t'
+    payload = {"a": [1, 2.5, None, True, 10**30, -0.0, 1e-7], tricky: {"": tricky}}
+    rows = records.new_rows([{"source": tricky, "category": "c", "payload": payload},
+                             {"source": "s", "category": tricky, "payload": {}}])
+    assert [json.loads(r["payload"]) for r in rows] == [payload, {}]
+    assert rows[0]["payload"] == json.dumps(payload, ensure_ascii=False)
+    stored = [dict(r, status="pending", result=None, classification=None, score=None, error=None, attempts=0,
+                   created_at=now, updated_at=now, processed_at=None) for r in rows]
+    assert list(records.new_records_json(rows, now)) == [records.record_json(row) for row in stored]
 
 
 def test_get_returns_what_create_stored(app, create_record):

@@ -11,14 +11,15 @@ from conftest import make_settings
 from workflow import create_app
 from workflow_service.errors import DatabaseUnavailable
 from workflow_service.migrations import Migrator
-from workflow_service.records import insert_records, new_record_id, new_rows
+from workflow_service.records import insert_records, new_rows
 from workflow_service.timeutil import utc_now_text
 
 
 def insert_one(s, category: str) -> str:
     """Insert a record of `category` in session `s`; return its id."""
-    rows = new_rows([{"source": "s", "category": category, "payload": {}}], new_record_id)
-    return insert_records(s, rows, "req", utc_now_text())[0]["id"]
+    rows = new_rows([{"source": "s", "category": category, "payload": {}}])
+    insert_records(s, rows, "req", utc_now_text())
+    return rows[0]["id"]
 
 
 def categories(db) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlite_utils.utils import Format, rows_from_file
 
 from .db import Database
-from .records import insert_records, new_record_id, new_rows
+from .records import insert_records, new_rows
 from .timeutil import utc_now_text
 from .validation import check_json_values, validate_body
 
@@ -79,26 +79,24 @@ def check_file(path: Path, fmt: str | None = None) -> int:
 
 
 def import_file(db: Database, path: Path, *, fmt: str | None = None, batch_size: int = 1000,
-                progress: Callable[[int, int], None] = lambda done, total: None,
-                new_id: Callable[[], str] | None = None) -> int:
+                progress: Callable[[int, int], None] = lambda done, total: None) -> int:
     """Validate, then insert every row in batches; return how many were imported."""
     total = check_file(path, fmt)
-    new_id = new_id or new_record_id
     batch, done = [], 0
     for row in read_rows(path, fmt):
         batch.append(to_record(row))
         if len(batch) == batch_size:
-            done += _insert(db, batch, new_id)
+            done += _insert(db, batch)
             progress(done, total)
             batch = []
     if batch:
-        done += _insert(db, batch, new_id)
+        done += _insert(db, batch)
         progress(done, total)
     return done
 
 
-def _insert(db: Database, bodies: list[dict], new_id) -> int:
-    rows = new_rows(bodies, new_id)
+def _insert(db: Database, bodies: list[dict]) -> int:
+    rows = new_rows(bodies)
     with db.write() as s:
         insert_records(s, rows, "import", utc_now_text())
     return len(bodies)
