@@ -201,6 +201,7 @@ def cmd_serve(args, settings: Settings) -> int:
             db.close()
     argv = [
         sys.executable, "-m", "gunicorn", "workflow:app",
+        "--config", "python:workflow_service.gunicorn_conf",
         "--bind", f"{args.host}:{args.port}",
         "--workers", str(args.workers or settings.web_concurrency),
         "--chdir", str(ROOT),

@@ -255,6 +255,30 @@ def test_each_worker_listens_on_its_own_socket_and_clients_spread_over_them(serv
     assert all(held.values()), f"one worker holds every connection: {held}"
 
 
+def _resident_kib(pid: int, library: str) -> int:
+    """How much of `library`'s mappings is resident in process `pid`, in KiB."""
+    total, current = 0, ""
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+                current = line
+            elif line.startswith("Rss:") and library in current:
+                total += int(line.split()[1])
+    return total
+
+
+def test_the_master_compiles_the_schemas_and_the_workers_inherit_them(server):
+    """gunicorn_conf.on_starting: compiling runs most of jsonschema-rs's code, and a process's RSS
+    counts every page of code it has run; workers forked after it map only what validating runs."""
+    batch = {"records": [{"source": "s", "category": "c", "payload": {"n": i, "tags": ["a"]}} for i in range(20)]}
+    for _ in range(4):  # over kept-alive connections the kernel spreads these over both workers, or not
+        assert http("POST", f"{server.base_url}/records/batch", body=batch)[0] == 201
+    master = _resident_kib(server.proc.pid, "jsonschema_rs")
+    workers = {pid: _resident_kib(pid, "jsonschema_rs") for pid in gunicorn_workers(server.proc.pid)}
+    assert master > 4096, f"the master did not compile the schemas: {master} KiB of jsonschema-rs resident"
+    assert all(kib < master / 2 for kib in workers.values()), (master, workers)
+
+
 def test_no_reuse_port_shares_one_socket(tmp_path):
     srv = start_server(f"sqlite:///{tmp_path / 'shared.db'}", tmp_path / "logs", extra=("--no-reuse-port",))
     try:

@@ -79,6 +79,12 @@ def fast_validator_for(name: str):
     return jsonschema_rs.validator_for(absolute(load_schema(name)), registry=registry)
 
 
+def compile_validators() -> None:
+    """Compile every schema's `fast_validator_for` now instead of on first use."""
+    for name in schema_names():
+        fast_validator_for(name)
+
+
 @cache
 def schema_names(schema_dir: Path = SCHEMA_DIR) -> tuple[str, ...]:
     """Every request, query and response schema (category schemas are the embedder's own)."""
