@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -99,7 +100,6 @@ def test_sqlite_writer_polls_another_processs_lock_quickly_then_backs_off(tmp_pa
     """A commit of another process holds the lock for 0.3-2 ms: the waiter polls every 50 µs (jittered)
     for the first 5 ms, so that the lock is not left free long after it is released; then it backs
     off to pauses of at most 2 ms, and takes the lock once it is free."""
-    import sqlite3
 
     from workflow_service import db as db_module
 
@@ -144,6 +144,61 @@ def test_sqlite_writer_polls_another_processs_lock_quickly_then_backs_off(tmp_pa
     assert max(p for _, p in pauses) <= 1.5 * db_module.SQLiteDatabase.RETRY_MAX_PAUSE_SECONDS
     other.close()
     wsgi.db.close()
+
+
+def _hold_writer_gate(path: Path) -> int:
+    """Take `<database>-writer.lock` as another process's write or checkpoint would; close the fd to let go."""
+    import fcntl
+
+    fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_sqlite_writes_wait_for_the_writer_gate(tmp_path):
+    """While another process writes or checkpoints, a write waits for it, up to DB_TIMEOUT_SECONDS."""
+    path = tmp_path / "x.db"
+    wsgi = create_app(make_settings(f"sqlite:///{path}", DB_TIMEOUT_SECONDS="0.5"))
+    Migrator(wsgi.db).up()
+    app = TestApp(wsgi)
+    record = {"source": "s", "category": "c", "payload": {}}
+    fd = _hold_writer_gate(path)
+    try:
+        app.post_json("/records", record, status=503)
+    finally:
+        os.close(fd)
+    app.post_json("/records", record, status=201)
+    assert app.get("/records").json["total"] == 1  # the refused create stored nothing
+    wsgi.db.close()
+
+
+def test_sqlite_checkpoints_wait_for_the_writer_gate(tmp_path):
+    """No checkpoint runs while a write of ours may rewind the WAL (SQLite's WAL-reset bug, db.WriterGate)."""
+
+    from workflow_service.db import WriterGate
+
+    path = tmp_path / "x.db"
+    wsgi = create_app(make_settings(f"sqlite:///{path}"))
+    Migrator(wsgi.db).up()
+    queries = wsgi.db.queries
+    wsgi.db.close()  # its checkpointer copies the migrations' pages and stops
+    other = sqlite3.connect(path, isolation_level=None)  # WAL pages that nothing checkpoints by itself
+    other.execute("PRAGMA wal_autocheckpoint = 0")
+    other.execute("CREATE TABLE filler (x)")
+    other.execute("INSERT INTO filler SELECT randomblob(4000) FROM json_each(?)", [str(list(range(500)))])
+    size = path.stat().st_size
+    checkpointer = Checkpointer(str(path), queries, threading.Lock(), WriterGate(f"{path}-writer.lock"))
+    fd = _hold_writer_gate(path)
+    try:
+        assert checkpointer.checkpoint() is False  # it gave up after GATE_WAIT_SECONDS
+        assert path.stat().st_size == size
+    finally:
+        os.close(fd)
+    assert checkpointer.checkpoint() is True
+    assert path.stat().st_size > size + 500 * 4000
+    checkpointer.stop()
+    assert checkpointer.stopped.wait(10)
+    other.close()
 
 
 def test_postgresql_connections_are_reused(pg_app):
@@ -206,7 +261,7 @@ def test_sqlite_wal_stays_bounded_with_two_writing_processes(tmp_path):
     """Each process's checkpointer must get its RESTART in between the other process's writers.
 
     With SQLite's busy handler (sleeps of 1, 2, 5, 10 ms) it lost to writers that retry every
-    50 µs, and the WAL grew to 70-100 MiB here.
+    50 µs, and the WAL grew to 70-100 MiB here; it now polls for the writer gate as they do.
     """
     path = tmp_path / "x.db"
     wsgi = create_app(make_settings(f"sqlite:///{path}"))
@@ -220,6 +275,9 @@ def test_sqlite_wal_stays_bounded_with_two_writing_processes(tmp_path):
         assert proc.returncode == 0, out.decode()[-2000:]
     wal_bytes = (tmp_path / "x.db-wal").stat().st_size  # the file keeps its largest size
     assert wal_bytes < 3 * Checkpointer.RESTART_FRAMES * 4096  # 48 MiB
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    check.close()
 
 
 def test_sqlite_wal_stays_bounded_under_steady_writes(tmp_path):
@@ -239,7 +297,6 @@ def test_sqlite_wal_stays_bounded_under_steady_writes(tmp_path):
 
 def test_sqlite_restart_backs_off_while_a_reader_holds_an_old_snapshot(tmp_path):
     """A long reader (a CSV export) keeps RESTART from finishing; writers must not wait for it every cycle."""
-    import sqlite3
 
     path = tmp_path / "x.db"
     wsgi = create_app(make_settings(f"sqlite:///{path}"))

@@ -7,6 +7,7 @@ back as dicts with the same shapes on both (the SQL files make sure of that).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
@@ -194,6 +195,7 @@ class SQLiteDatabase(Database):
         self._writer_pid = 0
         self._checkpointer: Checkpointer | None = None
         self._group: WriteGroup | None = None
+        self._gate = WriterGate(self.path + "-writer.lock")
 
     def write_grouped(self, work: Callable[[Session], T]) -> T:
         group = self._group
@@ -307,17 +309,31 @@ class SQLiteDatabase(Database):
 
     @contextmanager
     def write(self):
-        """A write transaction holding SQLite's write lock from the start."""
+        """A write transaction holding the writer gate and SQLite's write lock from the start."""
         deadline = time.monotonic() + self.settings.db_timeout_seconds
         if not self._write_lock.acquire(timeout=self.settings.db_timeout_seconds):
             log.error("sqlite.unavailable", extra={"fields": {"error": "write lock wait timed out"}})
             raise DatabaseUnavailable()
         try:
-            with self._unit("write", "begin_write", deadline) as session:
-                yield session
+            self._take_gate(deadline)
+            try:
+                with self._unit("write", "begin_write", deadline) as session:
+                    yield session
+            finally:
+                self._gate.release()
         finally:
             self._write_lock.release()
         self._wal_grew()
+
+    def _take_gate(self, deadline: float) -> None:
+        try:
+            taken = self._gate.acquire(deadline)
+        except OSError as exc:  # a read-only directory, no space for the lock file
+            log.error("sqlite.unavailable", extra={"fields": {"error": f"writer lock file: {exc.strerror}"}})
+            raise DatabaseUnavailable() from exc
+        if not taken:
+            log.error("sqlite.unavailable", extra={"fields": {"error": "writer lock wait timed out"}})
+            raise DatabaseUnavailable()
 
     def _wal_grew(self) -> None:
         checkpointer = self._checkpointer  # read without the lock: a RESTART may hold it for a while
@@ -325,7 +341,8 @@ class SQLiteDatabase(Database):
             with self._write_lock:
                 checkpointer = self._checkpointer
                 if checkpointer is None or checkpointer.pid != os.getpid():
-                    checkpointer = self._checkpointer = Checkpointer(self.path, self.queries, self._write_lock)
+                    checkpointer = self._checkpointer = Checkpointer(self.path, self.queries, self._write_lock,
+                                                                     self._gate)
         checkpointer.wake()
 
     def release_thread(self) -> None:
@@ -347,6 +364,47 @@ class SQLiteDatabase(Database):
             checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None and checkpointer.pid == os.getpid():
             checkpointer.stop()
+            checkpointer.stopped.wait(self.settings.db_timeout_seconds)  # its last checkpoint takes the gate
+        with self._write_lock:
+            self._gate.close()
+
+
+class WriterGate:
+    """One lock, across processes, that every write transaction and every checkpoint of this service holds.
+
+    SQLite 3.7.0 to 3.51.2 can corrupt a database when a checkpoint starts just as
+    another connection's write rewinds the WAL ("the WAL-reset bug", sqlite.org/wal.html;
+    fixed in 3.51.3, and Debian 12 ships 3.40.1). A checkpoint that holds SQLite's write
+    lock is safe from it, but a PASSIVE checkpoint never takes that lock, and a RESTART
+    that cannot get it at once carries on as a PASSIVE one. With this lock taken first,
+    no write of ours runs while a checkpoint of ours does (docs/decisions.md). It is
+    `flock` on `<database>-writer.lock`; other programs writing the file do not take it.
+    Callers hold their process's write lock, so one thread at a time uses it.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd, self._pid = -1, 0
+
+    def acquire(self, deadline: float) -> bool:
+        """Take the lock, polling as a waiting writer does (SQLiteDatabase.lock_attempts); False at `deadline`."""
+        if self._pid != os.getpid():  # none yet, or the parent's: a child would share the parent's lock through it
+            self._fd, self._pid = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), os.getpid()
+        for _ in SQLiteDatabase.lock_attempts(deadline):
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+        return False
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd, self._pid = -1, 0
 
 
 class _Call:
@@ -443,27 +501,30 @@ class Checkpointer:
     WAL pages, so one unlucky request pays for copying everybody's pages
     (about 40 % of a 100-record batch's time, docs/benchmarks.md). Connections
     here turn it off, and this thread checkpoints instead: at most once every
-    INTERVAL_SECONDS while writes go on, and once more after they stop. A
-    PASSIVE checkpoint takes no lock that writers or readers wait for; while
-    another process's checkpointer runs, this one's attempt does nothing. Once
-    the WAL holds RESTART_FRAMES, a RESTART checkpoint (writers wait, for at most
-    RESTART_WAIT_SECONDS) rewinds it; when a long reader keeps it from
-    finishing, the next RESTART waits RESTART_BACKOFF_SECONDS. One per process,
-    started by the first write.
+    INTERVAL_SECONDS while writes go on, and once more after they stop. Each
+    checkpoint holds this process's write lock and the writer gate (WriterGate:
+    no write runs meanwhile, in any process of ours), waiting at most
+    GATE_WAIT_SECONDS for them, else it tries again later. A PASSIVE checkpoint
+    copies what it can; once the WAL holds RESTART_FRAMES, a RESTART also waits
+    up to RESTART_WAIT_SECONDS for readers of old snapshots and rewinds the WAL.
+    When a long reader keeps it from finishing, the next RESTART waits
+    RESTART_BACKOFF_SECONDS. One per process, started by the first write.
     """
 
     INTERVAL_SECONDS = 0.1
     RESTART_FRAMES = 4000  # a 16 MiB WAL (4 KiB pages)
-    RESTART_WAIT_SECONDS = 0.05  # writers of this process wait meanwhile; other processes' too once it runs
+    GATE_WAIT_SECONDS = 0.05  # this process's writers wait meanwhile
+    RESTART_WAIT_SECONDS = 0.05  # for readers, through SQLite's busy handler; every writer waits meanwhile
     RESTART_BACKOFF_SECONDS = 1.0
 
-    def __init__(self, path: str, queries: Queries, write_lock: threading.Lock):
-        self.path, self.queries, self.write_lock, self.pid = path, queries, write_lock, os.getpid()
+    def __init__(self, path: str, queries: Queries, write_lock: threading.Lock, gate: WriterGate):
+        self.path, self.queries, self.write_lock, self.gate, self.pid = path, queries, write_lock, gate, os.getpid()
         self._conn: sqlite3.Connection | None = None
         self._wanted = threading.Event()
         self._stopping = False
         self._restart_after = 0.0
         self.done = threading.Event()  # set after each checkpoint; tests wait on it
+        self.stopped = threading.Event()
         threading.Thread(target=self._run, name="sqlite-checkpointer", daemon=True).start()
 
     def wake(self) -> None:
@@ -481,48 +542,45 @@ class Checkpointer:
             if not self._stopping:
                 time.sleep(self.INTERVAL_SECONDS)  # let writes gather: a page written twice is copied once
             self._wanted.clear()
-            self.checkpoint()
+            if not self.checkpoint() and not self._stopping:
+                self._wanted.set()  # the gate stayed busy: again after the interval
         if self._conn is not None:
             self._conn.close()
+        self.stopped.set()
 
-    def _restart(self) -> bool:
-        """A RESTART checkpoint, retried like a waiting writer for RESTART_WAIT_SECONDS; True if still busy.
+    def checkpoint(self) -> bool:
+        """Copy what the WAL holds into the database file; rewind the WAL once it is long.
 
-        SQLite's busy handler sleeps 1, 2, 5, 10 ms between its tries, and another
-        process's writers, which retry every 50 µs (SQLiteDatabase.lock_attempts),
-        took the lock first nearly every time: with two processes writing batches the
-        WAL grew to 70-200 MiB instead of rewinding at about 16
-        (test_sqlite_wal_stays_bounded_with_two_writing_processes).
+        False when the writer gate stayed taken for GATE_WAIT_SECONDS: nothing was done.
         """
-        for _ in SQLiteDatabase.lock_attempts(time.monotonic() + self.RESTART_WAIT_SECONDS):
-            busy, _, _ = self._conn.execute(self.queries["wal_restart"]).fetchone()
-            if not busy:
-                return False
-        return True
-
-    def checkpoint(self) -> None:
-        """Copy what the WAL holds into the database file; restart the WAL once it is long."""
         try:
             if self._conn is None:
-                self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                self._conn.execute(self.queries["pragma.no_busy_wait"])  # _restart polls instead
-            _busy, wal_frames, _copied = self._conn.execute(self.queries["wal_checkpoint"]).fetchone()
-            if wal_frames >= self.RESTART_FRAMES and time.monotonic() >= self._restart_after:
-                # Under steady writes a PASSIVE checkpoint never catches up with the end of the
-                # WAL, and SQLite only rewinds a WAL that was copied in full: without this the
-                # file would grow without bound. RESTART copies the few frames written since the
-                # PASSIVE pass while holding writers off, so the next write starts at the top.
-                # This process's writers wait on their lock, so that they cannot starve it.
-                with self.write_lock:
-                    busy = self._restart()
-                if busy:  # a reader still uses an old snapshot (a CSV export): let writers be a while
-                    self._restart_after = time.monotonic() + self.RESTART_BACKOFF_SECONDS
+                # The timeout is SQLite's busy handler: a RESTART's wait for readers.
+                self._conn = sqlite3.connect(self.path, timeout=self.RESTART_WAIT_SECONDS, isolation_level=None,
+                                             check_same_thread=False)
+            with self.write_lock:
+                if not self.gate.acquire(time.monotonic() + self.GATE_WAIT_SECONDS):
+                    return False
+                try:
+                    self._checkpoint()
+                finally:
+                    self.gate.release()
             self.done.set()
-        except sqlite3.Error as exc:  # disk full, file gone: the next write wakes us again
+        except (sqlite3.Error, OSError) as exc:  # disk full, file gone: the next write wakes us again
             log.warning("sqlite.checkpoint_failed", extra={"fields": {"error": str(exc)}})
             if self._conn is not None:
                 self._conn.close()
             self._conn = None
+        return True
+
+    def _checkpoint(self) -> None:
+        _busy, wal_frames, _copied = self._conn.execute(self.queries["wal_checkpoint"]).fetchone()
+        if wal_frames >= self.RESTART_FRAMES and time.monotonic() >= self._restart_after:
+            # SQLite rewinds only a WAL that was copied in full and that no reader still
+            # needs; RESTART waits for those readers, so that the next write starts at the top.
+            busy, _, _ = self._conn.execute(self.queries["wal_restart"]).fetchone()
+            if busy:  # a reader still uses an old snapshot (a CSV export): let writers be a while
+                self._restart_after = time.monotonic() + self.RESTART_BACKOFF_SECONDS
 
 
 def postgres_conninfo(url: str, timeout: float) -> tuple[str, int, int]:

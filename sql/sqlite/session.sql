@@ -40,9 +40,8 @@ PRAGMA cache_size = -2048;
 PRAGMA cache_size = -1024;
 
 -- name: pragma.no_busy_wait
--- The writer and the checkpointer handle a busy database themselves (db.py:
--- SQLiteDatabase._begin_immediate, Checkpointer._restart), with short pauses instead of
--- SQLite's busy-handler sleeps.
+-- The writer handles a busy database itself (db.py: SQLiteDatabase.lock_attempts), with
+-- short pauses instead of SQLite's busy-handler sleeps.
 PRAGMA busy_timeout = 0;
 
 -- name: pragma.temp_store
@@ -57,12 +56,14 @@ PRAGMA temp_store = MEMORY;
 PRAGMA wal_autocheckpoint = 0;
 
 -- name: wal_checkpoint
--- Copy committed WAL pages into the database file without waiting for anyone.
+-- Copy committed WAL pages into the database file without waiting for anyone. db.py's
+-- Checkpointer runs it holding the writer gate: no write of ours may rewind the WAL
+-- meanwhile (db.py: WriterGate).
 PRAGMA wal_checkpoint(PASSIVE);
 
 -- name: wal_restart
--- Copy the rest and rewind the WAL. Run with no busy timeout: db.py's Checkpointer retries it
--- while holding its own process's writers off (Checkpointer._restart).
+-- Copy the rest and rewind the WAL, waiting for readers of old snapshots through SQLite's
+-- busy handler; run holding the writer gate, like wal_checkpoint.
 PRAGMA wal_checkpoint(RESTART);
 
 -- name: savepoint
