@@ -12,7 +12,7 @@ def on_starting(server) -> None:
     Compiling runs most of jsonschema-rs's 11 MB of machine code; the pages a
     process runs stay mapped in it and count in its RSS. Compiled here, the
     workers inherit the validators and map only the code that validating runs:
-    about 1 MiB of that library per worker instead of 10 (docs/decisions.md).
+    about 2.4 MiB of that library per worker instead of 10.7 (docs/decisions.md).
     """
     from .validation import compile_validators
 
