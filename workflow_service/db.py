@@ -336,7 +336,7 @@ class SQLiteDatabase(Database):
             raise DatabaseUnavailable()
 
     def _wal_grew(self) -> None:
-        checkpointer = self._checkpointer  # read without the lock: a RESTART may hold it for a while
+        checkpointer = self._checkpointer  # read without the lock: a checkpoint may hold it for a while
         if checkpointer is None or checkpointer.pid != os.getpid():  # none yet, or the parent's before a fork
             with self._write_lock:
                 checkpointer = self._checkpointer

@@ -71,12 +71,18 @@ def fast_validator_for(name: str):
     is validated again by `validator_for` to explain every problem
     (`tests/test_validation_parity.py` checks the two agree).
     """
-    def absolute(schema: dict) -> dict:
-        return {**schema, "$id": _BASE + schema["$id"]}
+    return jsonschema_rs.validator_for(_absolute(load_schema(name)), registry=_fast_registry())
 
-    schemas = [absolute(load_schema(n)) for n in schema_names()]
-    registry = jsonschema_rs.Registry([(schema["$id"], schema) for schema in schemas])
-    return jsonschema_rs.validator_for(absolute(load_schema(name)), registry=registry)
+
+def _absolute(schema: dict) -> dict:
+    return {**schema, "$id": _BASE + schema["$id"]}
+
+
+@cache
+def _fast_registry() -> jsonschema_rs.Registry:
+    """Every schema by its absolute `$id`, built once for all of `fast_validator_for`'s validators."""
+    schemas = [_absolute(load_schema(name)) for name in schema_names()]
+    return jsonschema_rs.Registry([(schema["$id"], schema) for schema in schemas])
 
 
 def compile_validators() -> None:
