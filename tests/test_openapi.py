@@ -126,6 +126,20 @@ def test_request_schemas_are_the_files_not_copies(document):
     assert batch == {"$ref": "#/components/schemas/RecordBatch"}
 
 
+def test_building_the_document_meta_checks_no_schema_again(monkeypatch):
+    # The validators (compiled in gunicorn's master) checked every file; the document, built on the
+    # first request to /openapi.json in a worker, must reuse them instead of running the meta-schema
+    # check, whose compile code costs a worker about 4 MiB of RSS.
+    from workflow_service import openapi, validation
+
+    validation.compile_validators()
+    checks = []
+    monkeypatch.setattr(validation.jsonschema_rs.meta, "validate", checks.append)
+    openapi.component_schemas()
+    assert checks == []
+    assert load_schema("record_create.json", SCHEMA_DIR) is load_schema("record_create.json")
+
+
 def test_response_schemas_reuse_the_request_schemas():
     record = load_schema("responses/record.json")
     assert record["properties"]["source"] == {"$ref": "../record_create.json#/properties/source"}

@@ -26,9 +26,15 @@ SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 MAX_JSON_DEPTH = 64
 
 
-@cache
 def load_schema(name: str, schema_dir: Path = SCHEMA_DIR) -> dict:
-    """A schema document from `schemas/`, checked once."""
+    """A schema document from `schemas/`, checked once; shared, so never changed by its callers."""
+    return _load_schema(name, schema_dir)
+
+
+@cache
+def _load_schema(name: str, schema_dir: Path) -> dict:
+    # One cache key however the directory is passed: `load_schema(name)` and `load_schema(name, SCHEMA_DIR)`
+    # once meta-checked the file twice, and the second check ran compile code in a worker (4 MiB of RSS).
     schema = json.loads((schema_dir / name).read_text(encoding="utf-8"))
     jsonschema_rs.meta.validate(schema)
     return schema
