@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 
@@ -116,6 +118,30 @@ def test_calls_queued_during_a_commit_are_committed_together_by_one_thread(tmp_p
     assert b_thread == c_thread != group.sessions["leader"][0]
     assert b_session is c_session  # one transaction
     assert categories(group.db) == ["b", "c", "leader"]
+
+
+def test_calls_that_arrive_while_another_process_writes_join_the_waiting_leaders_transaction(tmp_path):
+    # Another process holds the writer gate: the leader waits for it with the queue still open, so
+    # that what arrives meanwhile is committed with it, not in a transaction of its own after it.
+    group = Group(tmp_path)
+    group.db.write_grouped(lambda s: None)  # the process's group exists before the gate is taken
+    fd = os.open(group.db.path + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        group.call("a", group.inserting("a"))
+        group.wait_queued(1)
+        group.call("b", group.inserting("b"))
+        group.call("c", group.inserting("c"))
+        group.wait_queued(3)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        group.finish()
+    finally:
+        os.close(fd)
+    assert {name: len(outcome) for name, outcome in group.outcomes.items()} == {"a": 36, "b": 36, "c": 36}
+    threads = {thread for thread, _ in group.sessions.values()}
+    sessions = {id(session) for _, session in group.sessions.values()}
+    assert len(threads) == 1 and len(sessions) == 1  # one leader, one transaction
+    assert categories(group.db) == ["a", "b", "c"]
 
 
 def test_a_call_that_raises_in_a_group_undoes_only_its_own_statements(tmp_path):

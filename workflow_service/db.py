@@ -422,10 +422,12 @@ class WriteGroup:
     A commit writes every page the transaction touched to the WAL: about 17 for
     one record (the table and its indexes, the audit trail, the counts), some
     0.2 ms while every other writer waits. So the thread that finds no commit
-    under way leads: it takes what the other threads have queued meanwhile and
-    runs it all in one transaction, each call inside a savepoint, so that a
-    call that raises undoes only its own statements. A database error fails
-    the whole group. Alone, a thread writes as it would without the group.
+    under way leads: once it holds the write lock (and the writer gate, which
+    another process's write may hold a while) it takes what the other threads
+    have queued by then and runs it all in one transaction, each call inside a
+    savepoint, so that a call that raises undoes only its own statements. A
+    database error fails the whole group. Alone, a thread writes as it would
+    without the group.
     """
 
     def __init__(self, db: SQLiteDatabase):
@@ -449,13 +451,15 @@ class WriteGroup:
             leads = not call.done
             if leads:
                 self._leading = True
-                group, self._queue = self._queue, []
         if leads:
+            group = [call]
             try:
                 self._commit(group)
             finally:
                 with self._changed:
                     self._leading = False
+                    if call in self._queue:  # the write never began: the queue was not taken
+                        self._queue.remove(call)
                     for each in group:
                         each.done = True
                     self._changed.notify_all()
@@ -464,8 +468,15 @@ class WriteGroup:
         return call.result
 
     def _commit(self, group: list[_Call]) -> None:
+        """Run the queued calls in one transaction; `group` (the leader's call) becomes what was run.
+
+        The queue is taken once the write lock is held, not before: calls that arrive while
+        another process writes join this transaction instead of waiting for one of their own.
+        """
         try:
             with self.db.write() as s:
+                with self._changed:
+                    group[:], self._queue = self._queue, []
                 if len(group) == 1:
                     group[0].result = group[0].work(s)
                     return
