@@ -201,6 +201,35 @@ def test_sqlite_checkpoints_wait_for_the_writer_gate(tmp_path):
     other.close()
 
 
+def test_sqlite_checkpointer_syncs_the_wal_before_it_takes_the_writer_gate(tmp_path, monkeypatch):
+    """The WAL's frames go to disk while writers still write; the checkpoint's own sync, with every
+    writer held off, then finds little left."""
+    from workflow_service.db import WriterGate
+
+    path = tmp_path / "x.db"
+    wsgi = create_app(make_settings(f"sqlite:///{path}"))
+    Migrator(wsgi.db).up()
+    queries = wsgi.db.queries
+    wsgi.db.close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA wal_autocheckpoint = 0")
+    other.execute("CREATE TABLE filler (x)")
+    synced = []
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+                        or real_fdatasync(fd))
+    checkpointer = Checkpointer(str(path), queries, threading.Lock(), WriterGate(f"{path}-writer.lock"))
+    fd = _hold_writer_gate(path)
+    try:
+        assert checkpointer.checkpoint() is False  # the gate stayed taken: no checkpoint...
+    finally:
+        os.close(fd)
+    assert synced == [f"{path}-wal"]  # ...but the WAL was synced before the wait
+    checkpointer.stop()
+    assert checkpointer.stopped.wait(10)
+    other.close()
+
+
 def test_postgresql_connections_are_reused(pg_app):
     app, _ = pg_app
     app.get("/records")
