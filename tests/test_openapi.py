@@ -129,7 +129,7 @@ def test_request_schemas_are_the_files_not_copies(document):
 def test_building_the_document_meta_checks_no_schema_again(monkeypatch):
     # The validators (compiled in gunicorn's master) checked every file; the document, built on the
     # first request to /openapi.json in a worker, must reuse them instead of running the meta-schema
-    # check, whose compile code costs a worker about 4 MiB of RSS.
+    # check, whose compile code cost a worker 3.4 MiB of RSS.
     from workflow_service import openapi, validation
 
     validation.compile_validators()
