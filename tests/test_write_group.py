@@ -11,6 +11,7 @@ import pytest
 from conftest import make_settings
 
 from workflow import create_app
+from workflow_service.db import WriteGroup
 from workflow_service.errors import DatabaseUnavailable
 from workflow_service.migrations import Migrator
 from workflow_service.records import insert_records, new_rows
@@ -55,10 +56,10 @@ class Group:
         self.sessions: dict[str, tuple[int, object]] = {}
         self.threads: list[threading.Thread] = []
 
-    def call(self, name: str, work) -> None:
+    def call(self, name: str, work, records: int = 1) -> None:
         def run():
             try:
-                self.outcomes[name] = self.db.write_grouped(work)
+                self.outcomes[name] = self.db.write_grouped(work, records)
             except Exception as exc:
                 self.outcomes[name] = exc
 
@@ -141,6 +142,29 @@ def test_calls_that_arrive_while_another_process_writes_join_the_waiting_leaders
     threads = {thread for thread, _ in group.sessions.values()}
     sessions = {id(session) for _, session in group.sessions.values()}
     assert len(threads) == 1 and len(sessions) == 1  # one leader, one transaction
+    assert categories(group.db) == ["a", "b", "c"]
+
+
+def test_a_transaction_takes_calls_for_at_most_one_full_batch_of_records(tmp_path):
+    # Two 600-record calls would make a transaction larger than one full batch (and its savepoints
+    # hold more pages in memory): the second waits for the next transaction; a small call still joins.
+    group = Group(tmp_path)
+    group.db.write_grouped(lambda s: None)
+    fd = os.open(group.db.path + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        group.call("a", group.inserting("a"), records=600)
+        group.wait_queued(1)
+        group.call("b", group.inserting("b"), records=600)
+        group.call("c", group.inserting("c"), records=1)
+        group.wait_queued(3)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        group.finish()
+    finally:
+        os.close(fd)
+    assert WriteGroup.MAX_RECORDS == 1000
+    assert group.sessions["a"][1] is group.sessions["c"][1]  # one transaction
+    assert group.sessions["b"][1] is not group.sessions["a"][1]
     assert categories(group.db) == ["a", "b", "c"]
 
 

@@ -109,8 +109,8 @@ class Database:
         with self.read() as s:
             s.one("ping")
 
-    def write_grouped(self, work: Callable[[Session], T]) -> T:
-        """`work(session)` in a write transaction; return what it returns.
+    def write_grouped(self, work: Callable[[Session], T], records: int = 1) -> T:
+        """`work(session)`, which creates `records` records, in a write transaction; return what it returns.
 
         SQLite commits the calls of concurrent threads together (see `WriteGroup`);
         PostgreSQL runs each in its own transaction, since its writers do not queue.
@@ -197,14 +197,14 @@ class SQLiteDatabase(Database):
         self._group: WriteGroup | None = None
         self._gate = WriterGate(self.path + "-writer.lock")
 
-    def write_grouped(self, work: Callable[[Session], T]) -> T:
+    def write_grouped(self, work: Callable[[Session], T], records: int = 1) -> T:
         group = self._group
         if group is None or group.pid != os.getpid():  # none yet, or the parent's before a fork
             with self._write_lock:
                 group = self._group
                 if group is None or group.pid != os.getpid():
                     group = self._group = WriteGroup(self)
-        return group.run(work)
+        return group.run(work, records)
 
     def _connection(self, role: str = "read") -> sqlite3.Connection:
         """This thread's read connection, or the process's one write connection (under the write lock)."""
@@ -410,10 +410,10 @@ class WriterGate:
 class _Call:
     """One thread's work in a `WriteGroup`, and what came of it."""
 
-    __slots__ = ("work", "done", "result", "error")
+    __slots__ = ("work", "records", "done", "result", "error")
 
-    def __init__(self, work: Callable[[Session], T]):
-        self.work, self.done, self.result, self.error = work, False, None, None
+    def __init__(self, work: Callable[[Session], T], records: int):
+        self.work, self.records, self.done, self.result, self.error = work, records, False, None, None
 
 
 class WriteGroup:
@@ -430,14 +430,18 @@ class WriteGroup:
     without the group.
     """
 
+    # A savepoint keeps, in memory, the pages that the calls before it had already changed: two
+    # 1,000-record batches in one transaction took a worker's peak up by 2-3 MiB (docs/benchmarks.md).
+    MAX_RECORDS = 1000
+
     def __init__(self, db: SQLiteDatabase):
         self.db, self.pid = db, os.getpid()
         self._changed = threading.Condition(threading.Lock())
         self._queue: list[_Call] = []
         self._leading = False
 
-    def run(self, work: Callable[[Session], T]) -> T:
-        call = _Call(work)
+    def run(self, work: Callable[[Session], T], records: int = 1) -> T:
+        call = _Call(work, records)
         deadline = time.monotonic() + self.db.settings.db_timeout_seconds
         with self._changed:
             self._queue.append(call)
@@ -468,15 +472,23 @@ class WriteGroup:
         return call.result
 
     def _commit(self, group: list[_Call]) -> None:
-        """Run the queued calls in one transaction; `group` (the leader's call) becomes what was run.
+        """Run the leader's call (`group`'s one) and queued ones in one transaction; `group` gets them all.
 
         The queue is taken once the write lock is held, not before: calls that arrive while
         another process writes join this transaction instead of waiting for one of their own.
+        The calls taken create at most MAX_RECORDS records between them (the leader's always
+        runs), so that no transaction holds more than one full batch does.
         """
         try:
             with self.db.write() as s:
                 with self._changed:
-                    group[:], self._queue = self._queue, []
+                    records = group[0].records
+                    for call in self._queue:
+                        if call is not group[0] and records + call.records <= self.MAX_RECORDS:
+                            group.append(call)
+                            records += call.records
+                    taken = set(map(id, group))
+                    self._queue = [call for call in self._queue if id(call) not in taken]
                 if len(group) == 1:
                     group[0].result = group[0].work(s)
                     return

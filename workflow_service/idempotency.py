@@ -41,8 +41,9 @@ def fingerprint(method: str, path: str, document) -> str:
 
 
 def run_once(db: Database, key: str | None, request_hash: str, create: Callable[[Session], T],
-             render: Callable[[T], str], now: Callable[[], str] = utc_now_text) -> tuple[int, str, T | None]:
-    """Run `create` in a write transaction unless `key` already has a response.
+             render: Callable[[T], str], now: Callable[[], str] = utc_now_text,
+             records: int = 1) -> tuple[int, str, T | None]:
+    """Run `create`, which creates `records` records, in a write transaction unless `key` already has a response.
 
     `render` turns what `create` returned into the 201 response's JSON text;
     without a key that happens after the commit, outside the write lock.
@@ -51,7 +52,7 @@ def run_once(db: Database, key: str | None, request_hash: str, create: Callable[
     request is a 409 Conflict.
     """
     if key is None:
-        created = db.write_grouped(create)
+        created = db.write_grouped(create, records)
         return 201, render(created), created
 
     def claim_then_create(s: Session):
@@ -63,7 +64,7 @@ def run_once(db: Database, key: str | None, request_hash: str, create: Callable[
         s.run("idempotency.store", {"key": key, "status_code": 201, "response": body})
         return None, (201, body, created)
 
-    stored, outcome = db.write_grouped(claim_then_create)
+    stored, outcome = db.write_grouped(claim_then_create, records)
     if outcome is not None:
         return outcome
     if stored["request_hash"] != request_hash:

@@ -145,7 +145,7 @@ class _Ingest:
             return rows
         status, text, now = run_once(self.db, key, request_hash,
                                      lambda s: insert_records(s, rows, req.context.request_id, self.now()),
-                                     lambda now: render(rows, now))
+                                     lambda now: render(rows, now), records=len(rows))
         send_json(resp, text, status)
         if now is None:
             resp.set_header("Idempotent-Replayed", "true")
