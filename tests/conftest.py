@@ -93,6 +93,16 @@ def make_settings(database_url: str, **env: str):
     return settings_from_mapping({"DATABASE_URL": database_url, **env})
 
 
+def hold_writer_gate(path) -> int:
+    """Take SQLite's `<database>-writer.lock` as another process's write or checkpoint would
+    (db.WriterGate); closing the returned descriptor lets go."""
+    import fcntl
+
+    fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 @pytest.fixture
 def make_app(database_url):
     """Build WebTest apps on the module's database, emptied first; closed afterwards."""

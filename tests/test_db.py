@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_settings, new_pg_schema
+from conftest import hold_writer_gate, make_settings, new_pg_schema
 from webtest import TestApp
 
 from workflow import create_app
@@ -146,15 +146,6 @@ def test_sqlite_writer_polls_another_processs_lock_quickly_then_backs_off(tmp_pa
     wsgi.db.close()
 
 
-def _hold_writer_gate(path: Path) -> int:
-    """Take `<database>-writer.lock` as another process's write or checkpoint would; close the fd to let go."""
-    import fcntl
-
-    fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
-
-
 def test_sqlite_writes_wait_for_the_writer_gate(tmp_path):
     """While another process writes or checkpoints, a write waits for it, up to DB_TIMEOUT_SECONDS."""
     path = tmp_path / "x.db"
@@ -162,7 +153,7 @@ def test_sqlite_writes_wait_for_the_writer_gate(tmp_path):
     Migrator(wsgi.db).up()
     app = TestApp(wsgi)
     record = {"source": "s", "category": "c", "payload": {}}
-    fd = _hold_writer_gate(path)
+    fd = hold_writer_gate(path)
     try:
         app.post_json("/records", record, status=503)
     finally:
@@ -188,7 +179,7 @@ def test_sqlite_checkpoints_wait_for_the_writer_gate(tmp_path):
     other.execute("INSERT INTO filler SELECT randomblob(4000) FROM json_each(?)", [str(list(range(500)))])
     size = path.stat().st_size
     checkpointer = Checkpointer(str(path), queries, threading.Lock(), WriterGate(f"{path}-writer.lock"))
-    fd = _hold_writer_gate(path)
+    fd = hold_writer_gate(path)
     try:
         assert checkpointer.checkpoint() is False  # it gave up after GATE_WAIT_SECONDS
         assert path.stat().st_size == size
@@ -219,7 +210,7 @@ def test_sqlite_checkpointer_syncs_the_wal_before_it_takes_the_writer_gate(tmp_p
     monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
                         or real_fdatasync(fd))
     checkpointer = Checkpointer(str(path), queries, threading.Lock(), WriterGate(f"{path}-writer.lock"))
-    fd = _hold_writer_gate(path)
+    fd = hold_writer_gate(path)
     try:
         assert checkpointer.checkpoint() is False  # the gate stayed taken: no checkpoint...
     finally:

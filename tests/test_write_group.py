@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import time
 
 import pytest
-from conftest import make_settings
+from conftest import hold_writer_gate, make_settings
 
 from workflow import create_app
 from workflow_service.db import WriteGroup
@@ -126,18 +125,16 @@ def test_calls_that_arrive_while_another_process_writes_join_the_waiting_leaders
     # that what arrives meanwhile is committed with it, not in a transaction of its own after it.
     group = Group(tmp_path)
     group.db.write_grouped(lambda s: None)  # the process's group exists before the gate is taken
-    fd = os.open(group.db.path + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = hold_writer_gate(group.db.path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         group.call("a", group.inserting("a"))
         group.wait_queued(1)
         group.call("b", group.inserting("b"))
         group.call("c", group.inserting("c"))
         group.wait_queued(3)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        group.finish()
     finally:
-        os.close(fd)
+        os.close(fd)  # the other process's write ends
+    group.finish()
     assert {name: len(outcome) for name, outcome in group.outcomes.items()} == {"a": 36, "b": 36, "c": 36}
     threads = {thread for thread, _ in group.sessions.values()}
     sessions = {id(session) for _, session in group.sessions.values()}
@@ -150,18 +147,16 @@ def test_a_transaction_takes_calls_for_at_most_one_full_batch_of_records(tmp_pat
     # hold more pages in memory): the second waits for the next transaction; a small call still joins.
     group = Group(tmp_path)
     group.db.write_grouped(lambda s: None)
-    fd = os.open(group.db.path + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = hold_writer_gate(group.db.path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         group.call("a", group.inserting("a"), records=600)
         group.wait_queued(1)
         group.call("b", group.inserting("b"), records=600)
         group.call("c", group.inserting("c"), records=1)
         group.wait_queued(3)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        group.finish()
     finally:
         os.close(fd)
+    group.finish()
     assert WriteGroup.MAX_RECORDS == 1000
     assert group.sessions["a"][1] is group.sessions["c"][1]  # one transaction
     assert group.sessions["b"][1] is not group.sessions["a"][1]
