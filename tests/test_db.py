@@ -163,9 +163,9 @@ def test_sqlite_writes_wait_for_the_writer_gate(tmp_path):
     wsgi.db.close()
 
 
-def test_sqlite_checkpoints_wait_for_the_writer_gate(tmp_path):
-    """No checkpoint runs while a write of ours may rewind the WAL (SQLite's WAL-reset bug, db.WriterGate)."""
-
+def _checkpointer_beside_another_writer(tmp_path) -> tuple[Path, Checkpointer, sqlite3.Connection]:
+    """A migrated file, a Checkpointer of our own on it and another program's connection that leaves
+    its writes in the WAL (no automatic checkpoint); the caller stops the one and closes the other."""
     from workflow_service.db import WriterGate
 
     path = tmp_path / "x.db"
@@ -173,12 +173,17 @@ def test_sqlite_checkpoints_wait_for_the_writer_gate(tmp_path):
     Migrator(wsgi.db).up()
     queries = wsgi.db.queries
     wsgi.db.close()  # its checkpointer copies the migrations' pages and stops
-    other = sqlite3.connect(path, isolation_level=None)  # WAL pages that nothing checkpoints by itself
+    other = sqlite3.connect(path, isolation_level=None)
     other.execute("PRAGMA wal_autocheckpoint = 0")
     other.execute("CREATE TABLE filler (x)")
+    return path, Checkpointer(str(path), queries, threading.Lock(), WriterGate(f"{path}-writer.lock")), other
+
+
+def test_sqlite_checkpoints_wait_for_the_writer_gate(tmp_path):
+    """No checkpoint runs while a write of ours may rewind the WAL (SQLite's WAL-reset bug, db.WriterGate)."""
+    path, checkpointer, other = _checkpointer_beside_another_writer(tmp_path)
     other.execute("INSERT INTO filler SELECT randomblob(4000) FROM json_each(?)", [str(list(range(500)))])
     size = path.stat().st_size
-    checkpointer = Checkpointer(str(path), queries, threading.Lock(), WriterGate(f"{path}-writer.lock"))
     fd = hold_writer_gate(path)
     try:
         assert checkpointer.checkpoint() is False  # it gave up after GATE_WAIT_SECONDS
@@ -195,21 +200,11 @@ def test_sqlite_checkpoints_wait_for_the_writer_gate(tmp_path):
 def test_sqlite_checkpointer_syncs_the_wal_before_it_takes_the_writer_gate(tmp_path, monkeypatch):
     """The WAL's frames go to disk while writers still write; the checkpoint's own sync, with every
     writer held off, then finds little left."""
-    from workflow_service.db import WriterGate
-
-    path = tmp_path / "x.db"
-    wsgi = create_app(make_settings(f"sqlite:///{path}"))
-    Migrator(wsgi.db).up()
-    queries = wsgi.db.queries
-    wsgi.db.close()
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("PRAGMA wal_autocheckpoint = 0")
-    other.execute("CREATE TABLE filler (x)")
+    path, checkpointer, other = _checkpointer_beside_another_writer(tmp_path)
     synced = []
     real_fdatasync = os.fdatasync
     monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
                         or real_fdatasync(fd))
-    checkpointer = Checkpointer(str(path), queries, threading.Lock(), WriterGate(f"{path}-writer.lock"))
     fd = hold_writer_gate(path)
     try:
         assert checkpointer.checkpoint() is False  # the gate stayed taken: no checkpoint...

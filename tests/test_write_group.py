@@ -89,6 +89,19 @@ class Group:
         self.call("leader", self.holding("leader"))
         assert self.started.wait(10)
 
+    def queue_while_another_process_writes(self, *calls: tuple[str, int]) -> None:
+        """Call `(name, records)` in order while another process holds the writer gate: the first
+        leads and waits for the gate, the others queue behind it; then the gate is let go."""
+        self.db.write_grouped(lambda s: None)  # the process's group exists before the gate is taken
+        fd = hold_writer_gate(self.db.path)
+        try:
+            for queued, (name, records) in enumerate(calls, start=1):
+                self.call(name, self.inserting(name), records)
+                self.wait_queued(queued)  # the leader's own call stays queued while it waits
+        finally:
+            os.close(fd)  # the other process's write ends
+        self.finish()
+
     def wait_queued(self, count: int) -> None:
         group = self.db._group
         for _ in range(1000):  # at most 10 s
@@ -124,17 +137,7 @@ def test_calls_that_arrive_while_another_process_writes_join_the_waiting_leaders
     # Another process holds the writer gate: the leader waits for it with the queue still open, so
     # that what arrives meanwhile is committed with it, not in a transaction of its own after it.
     group = Group(tmp_path)
-    group.db.write_grouped(lambda s: None)  # the process's group exists before the gate is taken
-    fd = hold_writer_gate(group.db.path)
-    try:
-        group.call("a", group.inserting("a"))
-        group.wait_queued(1)
-        group.call("b", group.inserting("b"))
-        group.call("c", group.inserting("c"))
-        group.wait_queued(3)
-    finally:
-        os.close(fd)  # the other process's write ends
-    group.finish()
+    group.queue_while_another_process_writes(("a", 1), ("b", 1), ("c", 1))
     assert {name: len(outcome) for name, outcome in group.outcomes.items()} == {"a": 36, "b": 36, "c": 36}
     threads = {thread for thread, _ in group.sessions.values()}
     sessions = {id(session) for _, session in group.sessions.values()}
@@ -146,17 +149,7 @@ def test_a_transaction_takes_calls_for_at_most_one_full_batch_of_records(tmp_pat
     # Two 600-record calls would make a transaction larger than one full batch (and its savepoints
     # hold more pages in memory): the second waits for the next transaction; a small call still joins.
     group = Group(tmp_path)
-    group.db.write_grouped(lambda s: None)
-    fd = hold_writer_gate(group.db.path)
-    try:
-        group.call("a", group.inserting("a"), records=600)
-        group.wait_queued(1)
-        group.call("b", group.inserting("b"), records=600)
-        group.call("c", group.inserting("c"), records=1)
-        group.wait_queued(3)
-    finally:
-        os.close(fd)
-    group.finish()
+    group.queue_while_another_process_writes(("a", 600), ("b", 600), ("c", 1))
     assert WriteGroup.MAX_RECORDS == 1000
     assert group.sessions["a"][1] is group.sessions["c"][1]  # one transaction
     assert group.sessions["b"][1] is not group.sessions["a"][1]

@@ -487,8 +487,7 @@ class WriteGroup:
                         if call is not group[0] and records + call.records <= self.MAX_RECORDS:
                             group.append(call)
                             records += call.records
-                    taken = set(map(id, group))
-                    self._queue = [call for call in self._queue if id(call) not in taken]
+                    self._queue = [call for call in self._queue if call not in group]
                 if len(group) == 1:
                     group[0].result = group[0].work(s)
                     return
