@@ -62,6 +62,39 @@ def test_record_json_is_json_dumps_of_the_record():
     assert records.record_json(row) == json.dumps(expected, ensure_ascii=False)
 
 
+def test_record_json_renders_a_tuple_in_column_order_as_it_renders_the_dict():
+    now = "2026-11-26T01:00:00.000000Z"
+    row = {"id": "y", "source": 's"', "category": "c", "payload": "[]", "status": "processed", "result": "{}",
+           "classification": "high", "score": 0.30000000000000004, "error": None, "attempts": 1,
+           "created_at": now, "updated_at": now, "processed_at": now}
+    assert list(row) == list(records.RECORD_COLUMNS)
+    assert records.record_json(tuple(row.values())) == records.record_json(row)
+
+
+def test_record_columns_are_the_order_of_the_sql_fragment(database_url, create_record):
+    """The listing and get by id read rows as tuples in `record_columns` order (Session.tuples)."""
+    from conftest import make_settings
+
+    from workflow_service.db import open_database
+
+    created = create_record(payload={"n": 1})
+    db = open_database(make_settings(database_url))
+    try:
+        with db.read() as s:
+            as_dict = s.one("get_record", {"id": created["id"]})
+            as_tuples = s.tuples("get_record", {"id": created["id"]})
+            page_sql = s.queries.compose("list_records", filters=("filter.category",), order="order.created_at.asc")
+            page = s.tuples_sql(page_sql, {"category": "invoice", "limit": 5, "offset": 0})
+            page_dicts = s.all_sql(page_sql, {"category": "invoice", "limit": 5, "offset": 0})
+    finally:
+        db.close()
+    assert tuple(as_dict) == records.RECORD_COLUMNS
+    assert as_tuples == [tuple(as_dict.values())]
+    assert page == [tuple(row.values()) for row in page_dicts] and len(page) == 1
+    assert tuple(page_dicts[0]) == records.RECORD_COLUMNS
+    assert json.loads(records.record_json(as_tuples[0])) == created
+
+
 def test_a_new_record_renders_as_record_json_renders_it_stored():
     now = "2026-11-26T01:00:00.000000Z"
     tricky = 'ü"\\\n\u2028\x00é😀\t'

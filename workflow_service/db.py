@@ -57,6 +57,17 @@ class Session:
         """The first row of a composed statement, or None."""
         raise NotImplementedError
 
+    def tuples(self, name: str, params: dict | None = None) -> list[tuple]:
+        """All rows of statement `name` as tuples in its column order (see `tuples_sql`)."""
+        return self.tuples_sql(self.queries[name], params)
+
+    def tuples_sql(self, sql: str, params: dict | None = None) -> list[tuple]:
+        """All rows of a composed statement as tuples in its column order.
+
+        No dict per row: a page of 50 records spent 15 % of its time in Python building them.
+        """
+        raise NotImplementedError
+
     def iter_sql(self, sql: str, params: dict | None = None, size: int = 500):
         """Yield the rows of a composed statement in chunks of `size`, never holding them all."""
         raise NotImplementedError
@@ -76,6 +87,16 @@ class _PostgresSession(Session):
     def one_sql(self, sql: str, params: dict | None = None) -> dict | None:
         self._cur.execute(sql, params or None)
         return self._cur.fetchone()
+
+    def tuples_sql(self, sql: str, params: dict | None = None) -> list[tuple]:
+        from psycopg.rows import dict_row, tuple_row
+
+        self._cur.row_factory = tuple_row
+        try:
+            self._cur.execute(sql, params or None)
+            return self._cur.fetchall()
+        finally:
+            self._cur.row_factory = dict_row
 
     def iter_sql(self, sql: str, params: dict | None = None, size: int = 500):
         # A server-side cursor: PostgreSQL sends the rows in chunks (needs a transaction).
@@ -143,6 +164,10 @@ class _SQLiteSession(Session):
         self._cur.execute(sql, params or self.no_params)
         row = self._cur.fetchone()
         return None if row is None else dict(zip(self._names(), row, strict=True))
+
+    def tuples_sql(self, sql: str, params: dict | None = None) -> list[tuple]:
+        self._cur.execute(sql, params or self.no_params)
+        return self._cur.fetchall()
 
     def iter_sql(self, sql: str, params: dict | None = None, size: int = 500):
         self._cur.execute(sql, params or self.no_params)
