@@ -62,6 +62,13 @@ def test_record_json_is_json_dumps_of_the_record():
     assert records.record_json(row) == json.dumps(expected, ensure_ascii=False)
 
 
+@pytest.mark.parametrize("score", [0.1, 0.30000000000000004, 1e-7, 1e22, -0.0, 7, 10**20, 2.5e-320, float("inf")])
+def test_record_json_writes_a_score_as_json_dumps_writes_the_float(score):
+    row = dict.fromkeys(records.RECORD_COLUMNS, "x") | {"payload": "{}", "result": None, "attempts": 1,
+                                                       "score": score}
+    assert f'"score": {json.dumps(float(score))}, ' in records.record_json(row)
+
+
 def test_record_json_renders_a_tuple_in_column_order_as_it_renders_the_dict():
     now = "2026-11-26T01:00:00.000000Z"
     row = {"id": "y", "source": 's"', "category": "c", "payload": "[]", "status": "processed", "result": "{}",
