@@ -61,6 +61,9 @@ def new_record_ids(count: int) -> list[str]:
     return [f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in hexes]
 
 
+_float_repr = float.__repr__
+
+
 def _score_json(score: float | int) -> str:
     """What `_encode` gives for the float, in a fifth of its time (a processed record's 2.2 of 3.8 µs).
 
@@ -69,8 +72,6 @@ def _score_json(score: float | int) -> str:
     score = float(score)
     return _float_repr(score) if math.isfinite(score) else _encode(score)
 
-
-_float_repr = float.__repr__
 
 RECORD_COLUMNS = ("id", "source", "category", "payload", "status", "result", "classification", "score", "error",
                   "attempts", "created_at", "updated_at", "processed_at")  # the `record_columns` SQL fragment's order
