@@ -21,11 +21,14 @@ every 50 transactions, outside the timing, as the service's checkpointer does.
 PostgreSQL: `EXPLAIN (ANALYZE, BUFFERS)` of `insert_records_with_events` (the
 one statement of a create without an idempotency key) for 100 records and for
 one, split into the records' insert, the events' insert, reading the JSON, the
-foreign-key checks and the count trigger; the index groups are dropped inside
-a transaction that is rolled back. Then the same statement without EXPLAIN in
-autocommit, as the service sends it, timed by the client (commit included).
+foreign-key checks and the count trigger, each statement in autocommit as the
+service sends it; again without each group of indexes; and the same statement
+without EXPLAIN, timed by the client (commit and round trip included).
 
-Medians in µs. Results go between the `writecost` markers of
+Every case has a copy of the loaded database of its own (a file copy, or
+`CREATE DATABASE ... TEMPLATE`), and the cases take turns, one transaction
+each per round, so that a slow spell of the shared machine falls on all of
+them alike. Medians in µs. Results go between the `writecost` markers of
 docs/benchmarks.md. Reuses bench/run.py's and bench/scale.py's helpers.
 """
 
