@@ -271,28 +271,31 @@ def bench_postgresql(args, tmp: Path) -> dict:
 # ------------------------------------------------------------------ report
 
 
+def table(header: list[str], align: str, rows: list[list]) -> list[str]:
+    """A markdown table; `align` has an "l" (text) or "r" (a number) for each column."""
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|",
+            *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
+
+
 def render(results: list[dict], args) -> str:
     lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `bench/writecost.py --records "
              f"{args.records} --rounds {args.rounds}`; medians, µs."]
     for r in results:
         lines += ["", f"### {r['database']}: {r['records']:,} records", ""]
         if r["database"] == "sqlite":
-            lines += ["| transaction | connections | without | BEGIN | records | events | COMMIT | total | "
-                      "per record | records/s, one writer |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-            for c in r["cases"]:
-                lines.append(f"| {c['label']} | {c['connections']} | {c['without'] or '-'} | {c['begin']} | "
-                             f"{c['records']} | {c['events']} | {c['commit']} | **{c['total']}** | "
-                             f"{c['per_record']} | {c['records_per_s']:,} |")
-        else:
-            lines += ["| statement | without | execution | records' insert | events' insert | JSON | "
-                      "foreign keys | count trigger | buffers |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-            for c in r["cases"]:
-                lines.append(f"| {c['label']} | {c['without'] or '-'} | **{c['execution']}** | "
-                             f"{c['records_insert']} | {c['events_insert']} | {c['json']} | {c['foreign_key']} | "
-                             f"{c['count_trigger']} | {c['buffers']:.0f} |")
-            lines += ["", f"The same statement in autocommit, timed by the client (commit and round trip "
-                          f"included): {r[f'autocommit_{BATCH}']:,} µs for {BATCH} records, "
-                          f"{r['autocommit_1']:,} µs for one."]
+            lines += table(["transaction", "connections", "without", "BEGIN", "records", "events", "COMMIT", "total",
+                            "per record", "records/s, one writer"], "lrlrrrrrrr",
+                           [[c["label"], c["connections"], c["without"] or "-", c["begin"], c["records"], c["events"],
+                             c["commit"], f"**{c['total']}**", c["per_record"], f"{c['records_per_s']:,}"]
+                            for c in r["cases"]])
+            continue
+        lines += table(["statement", "without", "execution", "records' insert", "events' insert", "JSON",
+                        "foreign keys", "count trigger", "buffers"], "llrrrrrrr",
+                       [[c["label"], c["without"] or "-", f"**{c['execution']}**", c["records_insert"],
+                         c["events_insert"], c["json"], c["foreign_key"], c["count_trigger"], f"{c['buffers']:.0f}"]
+                        for c in r["cases"]])
+        lines += ["", f"The same statement in autocommit, timed by the client (commit and round trip included): "
+                      f"{r[f'autocommit_{BATCH}']:,} µs for {BATCH} records, {r['autocommit_1']:,} µs for one."]
     lines += ["", "What each dropped group serves: " + "; ".join(f"{d[0]}: {d[1]}" for d in DROPS) + "."]
     return "\n".join(lines)
 
