@@ -62,8 +62,13 @@ def load(url: str, count: int, tmp: Path, env: dict) -> float:
     return seconds
 
 
+def clean_env() -> dict:
+    """This process's environment without the service settings a load or a server gets from us."""
+    return {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "API_KEY", "APP_ENV")}
+
+
 def bench(kind: str, args, tmp: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "API_KEY", "APP_ENV")}
+    env = clean_env()
     if kind == "sqlite":
         url = f"sqlite:///{tmp / 'scale.db'}"
     else:

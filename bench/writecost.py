@@ -48,12 +48,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as base  # noqa: E402  (bench/run.py)
-import scale  # noqa: E402  (bench/scale.py: load)
+import scale  # noqa: E402  (bench/scale.py: load, clean_env)
 
 sys.path.insert(0, str(base.ROOT))
 from workflow_service.config import settings_from_mapping  # noqa: E402
-from workflow_service.db import SQLiteDatabase  # noqa: E402
-from workflow_service.records import _encode, new_rows  # noqa: E402
+from workflow_service.db import SQLiteDatabase, _SQLiteSession  # noqa: E402
+from workflow_service.records import ONE_STATEMENT_CREATE, creation_params, insert_records, new_rows  # noqa: E402
 from workflow_service.sqlfiles import load_queries  # noqa: E402
 from workflow_service.timeutil import utc_now_text  # noqa: E402
 
@@ -71,10 +71,6 @@ DROPS = [
 ]
 
 
-def load_env() -> dict:
-    return {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "API_KEY", "APP_ENV")}
-
-
 def bodies(count: int, rng: random.Random) -> list[list[dict]]:
     """Twenty request bodies' records, `count` each, as the benchmark's create and batch scenarios send."""
     return [[base.make_record(rng) for _ in range(count)] for _ in range(20)]
@@ -83,26 +79,31 @@ def bodies(count: int, rng: random.Random) -> list[list[dict]]:
 # ------------------------------------------------------------------ SQLite
 
 
+class TimedSession:
+    """The session `insert_records` writes through, timing each statement it runs."""
+
+    def __init__(self, session):
+        self.session, self.queries, self.times = session, session.queries, []
+
+    def run(self, name: str, params: dict | None = None) -> int:
+        started = time.perf_counter()
+        count = self.session.run(name, params)
+        self.times.append(time.perf_counter() - started)
+        return count
+
+
 def sqlite_round(conn, queries, records: list[dict]) -> list[float]:
-    """One create transaction as the service runs it; the seconds of BEGIN, records, events, COMMIT."""
+    """One create transaction as the service runs it (`insert_records`); the seconds of BEGIN, the
+    records' insert, their events' and COMMIT."""
     rows, now = new_rows(records), utc_now_text()
-    if len(rows) == 1:
-        statements = [("insert_record", dict(rows[0], now=now)),
-                      ("insert_event", {"record_id": rows[0]["id"], "from_status": None, "to_status": "pending",
-                                        "now": now, "request_id": "writecost", "detail": None})]
-    else:
-        statements = [("insert_record_set", {"rows": _encode(rows), "now": now}),
-                      ("insert_creation_events", {"ids": _encode([r["id"] for r in rows]), "now": now,
-                                                  "request_id": "writecost"})]
-    marks = [time.perf_counter()]
+    session = TimedSession(_SQLiteSession(conn.cursor(), queries))
+    started = time.perf_counter()
     conn.execute(queries["begin_write"])
-    marks.append(time.perf_counter())
-    for name, params in statements:
-        conn.execute(queries[name], params)
-        marks.append(time.perf_counter())
+    begun = time.perf_counter()
+    insert_records(session, rows, "writecost", now)
+    committing = time.perf_counter()
     conn.execute("COMMIT")
-    marks.append(time.perf_counter())
-    return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+    return [begun - started, *session.times, time.perf_counter() - committing]
 
 
 class SQLiteCase:
@@ -150,7 +151,7 @@ def summarise(parts: list[list[float]], size: int) -> dict:
 
 def bench_sqlite(args, tmp: Path) -> dict:
     loaded = tmp / "loaded.db"
-    seconds = scale.load(f"sqlite:///{loaded}", args.records, tmp, load_env())
+    seconds = scale.load(f"sqlite:///{loaded}", args.records, tmp, scale.clean_env())
     with sqlite3.connect(loaded) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     specs = [(BATCH, 1, None), (BATCH, 2, None), (1, 1, None), (1, 2, None)]
@@ -211,13 +212,12 @@ class PostgresCase:
             self.conn.execute(f"DROP TRIGGER {trigger} ON records")
         self.conn.execute("VACUUM ANALYZE")
         self.sql = ("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " if explain else "") \
-            + load_queries("postgresql")["insert_records_with_events"]
+            + load_queries("postgresql")[ONE_STATEMENT_CREATE]
         self.work = bodies(size, random.Random(11))
         self.done, self.parts = 0, []
 
     def step(self, measured: bool) -> None:
-        rows = new_rows(self.work[self.done % len(self.work)])
-        params = {"rows": _encode(rows), "now": utc_now_text(), "request_id": "writecost"}
+        params = creation_params(new_rows(self.work[self.done % len(self.work)]), "writecost", utc_now_text())
         started = time.perf_counter()
         cur = self.conn.execute(self.sql, params)
         if measured:
@@ -241,7 +241,7 @@ def bench_postgresql(args, tmp: Path) -> dict:
     base.pg_admin(f'CREATE DATABASE "{name}"')
     cases: list[PostgresCase] = []
     try:
-        seconds = scale.load(base.pg_url(name), args.records, tmp, load_env())
+        seconds = scale.load(base.pg_url(name), args.records, tmp, scale.clean_env())
         for copy in names[1:]:
             base.pg_admin(f'CREATE DATABASE "{copy}" TEMPLATE "{name}"')
         cases = [PostgresCase(base.pg_url(copy), *spec) for copy, spec in zip(names[1:], specs, strict=True)]
