@@ -482,8 +482,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit code."""
     args = build_parser().parse_args(argv)
     settings = _load_or_exit()
-    # SPEC: logs are JSON lines on stdout; one-shot commands keep stdout for their answer.
-    configure_logging(settings.log_level, stream=sys.stdout if args.command in ("serve", "worker") else sys.stderr)
+    # SPEC: logs are JSON lines on stdout; one-shot commands keep stdout for their answer. The worker
+    # writes its lines a few at a time, as the served app does; `serve` execs gunicorn, which would
+    # drop lines still waiting, and the other commands log little.
+    configure_logging(settings.log_level, stream=sys.stdout if args.command in ("serve", "worker") else sys.stderr,
+                      batch_lines=args.command == "worker")
     try:
         # A broken category schema or processor module stops every command at start-up;
         # `worker` runs with this registry, `serve`'s workers build theirs from the same spec.

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import re
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import falcon
 
@@ -40,18 +43,36 @@ class RequestContext:
             except Exception as ex:  # noqa: BLE001 - any failure is a 500 in the envelope
                 handle_error(req, resp, ex, {})
         started = req.context.get("started", time.perf_counter())
-        log.info(
-            "request.end",
-            extra={
-                "fields": {
-                    "method": req.method,
-                    "path": req.path,
-                    "status_code": resp.status_code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "request_id": request_id,
-                }
-            },
-        )
+        fields = {
+            "method": req.method,
+            "path": req.path,
+            "status_code": resp.status_code,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "request_id": request_id,
+        }
+        handler = _request_log_handler()
+        if handler is None:
+            log.info("request.end", extra={"fields": fields})
+        else:
+            handler.write_event("info", log.name, "request.end", fields)
+
+
+def _request_log_handler() -> LineBatchHandler | None:
+    """`configure_logging`'s handler, when it alone would write `request.end` and nothing was added since.
+
+    The line is then written without logging's LogRecord and dispatch: the same line to the same
+    place, for a few percent more gets by id under load (docs/decisions.md, "Logging"). A handler,
+    filter, formatter or level that an embedder or a test sets on the way takes the usual path.
+    """
+    parent = log.parent
+    if (log.handlers or log.filters or not log.propagate or parent.name != "workflow" or parent.propagate
+            or parent.filters or len(parent.handlers) != 1 or not log.isEnabledFor(logging.INFO)):
+        return None
+    handler = parent.handlers[0]
+    if (type(handler) is not LineBatchHandler or handler.filters or handler.level > logging.INFO
+            or type(handler.formatter) is not JSONFormatter):
+        return None
+    return handler
 
 
 _render_media = json.JSONEncoder(ensure_ascii=False).encode  # what Falcon's JSON handler writes
@@ -130,39 +151,154 @@ def _from_falcon(ex: falcon.HTTPError) -> APIError:
     return error
 
 
+def _json_line_encoder() -> Callable[[dict], str]:
+    """`json.JSONEncoder(default=str).encode`, without building CPython's C encoder for every line."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return json.JSONEncoder(default=str).encode
+    # No markers dict: one shared by threads could not be trusted after a failure. A circular
+    # field then ends in RecursionError, which is reported like json's own ValueError.
+    chunks = make(None, str, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+
+    def encode(line: dict) -> str:
+        try:
+            return "".join(chunks(line, 0))
+        except RecursionError as exc:
+            raise ValueError("a log field is circular or nested too deeply") from exc
+
+    return encode
+
+
 class JSONFormatter(logging.Formatter):
     """One JSON object per line: time, level, event, then the event's fields."""
 
-    _encoder = json.JSONEncoder(default=str)  # built once: json.dumps(default=...) builds one per call
+    _encode = staticmethod(_json_line_encoder())
     _second, _second_text = -1, ""
 
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+        exception = self.formatException(record.exc_info) if record.exc_info else None
+        return self.event_line(record.created, int(record.msecs), record.levelname.lower(), record.name,
+                               record.getMessage(), getattr(record, "fields", None), exception)
+
+    def event_line(self, created: float, msecs: int, level: str, logger: str, event: str, fields: dict | None,
+                   exception: str | None = None) -> str:
+        """The line of an event at `created` (seconds), `msecs` its milliseconds; call it under a handler lock."""
+        second = int(created)
         if second != self._second:  # the formatted second is reused for every line within it
             self._second, self._second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        line = {
-            "ts": f"{self._second_text}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
+        line = {"ts": f"{self._second_text}.{msecs:03d}Z", "level": level, "logger": logger, "event": event}
         if fields:
             line.update(fields)
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return self._encoder.encode(line)
+        if exception:
+            line["exception"] = exception
+        return self._encode(line)
 
 
-def configure_logging(level: str = "INFO", stream=None) -> None:
-    """Send the `workflow` loggers to stdout as JSON lines (CLI and gunicorn entry only)."""
+class LineBatchHandler(logging.StreamHandler):
+    """A StreamHandler that writes its lines a few kilobytes at a time instead of one by one.
+
+    A line waits at most FLUSH_SECONDS (a thread of the process writes it then); a
+    WARNING or worse goes out at once, after the lines before it. A write ends on a
+    line and never passes PIPE_BUF bytes, so the lines of several processes sharing
+    one pipe never interleave. A write for every line, from the thread serving the
+    request, cost more under load than the line itself (docs/decisions.md, "Logging").
+    Lines waiting when the process is killed outright (SIGKILL) are lost; a normal
+    exit writes them (logging.shutdown).
+    """
+
+    FLUSH_SECONDS = 0.1
+    CHUNK_BYTES = 4096  # PIPE_BUF on Linux: a pipe keeps a write this small whole
+
+    def __init__(self, stream=None):
+        super().__init__(stream)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Nothing waiting and no flusher: at start, and in a forked child (its parent writes what waited)."""
+        self._pid = os.getpid()
+        self._lines: list[str] = []
+        self._size = 0
+        self._waiting = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:  # Handler.handle holds self.lock
+        try:
+            self._add(self.format(record) + self.terminator, now=record.levelno >= logging.WARNING)
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - logging's convention: report, never raise into the caller
+            self.handleError(record)
+
+    def write_event(self, level: str, logger: str, event: str, fields: dict) -> None:
+        """What emit writes for such an INFO record, without building the record (see `_request_log_handler`)."""
+        created = time.time()
+        try:
+            with self.lock:
+                self._add(self.formatter.event_line(created, int((created - int(created)) * 1000), level, logger,
+                                                    event, fields) + self.terminator)
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - as emit: a failing stream never fails the request
+            self.handleError(logging.makeLogRecord({"name": logger, "msg": event, "levelname": level.upper()}))
+
+    def _add(self, line: str, now: bool = False) -> None:
+        if self._pid != os.getpid():
+            self._reset()
+        size = len(line) if line.isascii() else len(line.encode())
+        if self._size + size > self.CHUNK_BYTES:
+            self._write()
+        self._lines.append(line)
+        self._size += size
+        if now:
+            self._write()
+        elif not self._waiting.is_set():
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_soon, name="workflow-log-flush", daemon=True)
+                self._flusher.start()
+            self._waiting.set()
+
+    def _write(self) -> None:
+        if self._lines:
+            text, self._lines, self._size = "".join(self._lines), [], 0
+            self.stream.write(text)
+            self.stream.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            if self._pid == os.getpid():
+                self._write()
+            if self.stream and hasattr(self.stream, "flush"):
+                self.stream.flush()
+
+    def _flush_soon(self) -> None:
+        waiting = self._waiting
+        while True:
+            waiting.wait()
+            time.sleep(self.FLUSH_SECONDS)  # gather the lines of the next FLUSH_SECONDS into few writes
+            waiting.clear()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - a failing stream must not end the thread; the lines are lost
+                self.handleError(logging.makeLogRecord({"name": "workflow", "msg": "log.flush"}))
+
+
+def configure_logging(level: str = "INFO", stream=None, batch_lines: bool = True) -> None:
+    """Send the `workflow` loggers to stdout as JSON lines (CLI and gunicorn entry only).
+
+    `batch_lines`: write them a few at a time, at most LineBatchHandler.FLUSH_SECONDS late.
+    """
     # One JSON line per request is on the hot path: skip the caller lookup and the
     # thread/process bookkeeping that the formatter never prints.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = (LineBatchHandler if batch_lines else logging.StreamHandler)(stream or sys.stdout)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger("workflow")
+    for replaced in root.handlers:
+        try:
+            replaced.flush()  # a LineBatchHandler's waiting lines
+        except (OSError, ValueError):  # its stream is gone or closed: nothing to save
+            pass
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
