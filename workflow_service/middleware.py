@@ -65,8 +65,8 @@ def _request_log_handler() -> LineBatchHandler | None:
     filter, formatter or level that an embedder or a test sets on the way takes the usual path.
     """
     parent = log.parent
-    if (log.handlers or log.filters or not log.propagate or parent.name != "workflow" or parent.propagate
-            or parent.filters or len(parent.handlers) != 1 or not log.isEnabledFor(logging.INFO)):
+    if (log.disabled or log.handlers or log.filters or not log.propagate or not log.isEnabledFor(logging.INFO)
+            or parent.name != "workflow" or parent.propagate or parent.filters or len(parent.handlers) != 1):
         return None
     handler = parent.handlers[0]
     if (type(handler) is not LineBatchHandler or handler.filters or handler.level > logging.INFO
