@@ -54,7 +54,7 @@ class RequestContext:
         if handler is None:
             log.info("request.end", extra={"fields": fields})
         else:
-            handler.write_event("info", log.name, "request.end", fields)
+            handler.write_info(log.name, "request.end", fields)
 
 
 def _request_log_handler() -> LineBatchHandler | None:
@@ -229,17 +229,17 @@ class LineBatchHandler(logging.StreamHandler):
         except Exception:  # noqa: BLE001 - logging's convention: report, never raise into the caller
             self.handleError(record)
 
-    def write_event(self, level: str, logger: str, event: str, fields: dict) -> None:
+    def write_info(self, logger: str, event: str, fields: dict) -> None:
         """What emit writes for such an INFO record, without building the record (see `_request_log_handler`)."""
         created = time.time()
         try:
             with self.lock:
-                self._add(self.formatter.event_line(created, int((created - int(created)) * 1000), level, logger,
+                self._add(self.formatter.event_line(created, int((created - int(created)) * 1000), "info", logger,
                                                     event, fields) + self.terminator)
         except RecursionError:
             raise
         except Exception:  # noqa: BLE001 - as emit: a failing stream never fails the request
-            self.handleError(logging.makeLogRecord({"name": logger, "msg": event, "levelname": level.upper()}))
+            self.handleError(logging.makeLogRecord({"name": logger, "msg": event, "levelname": "INFO"}))
 
     def _add(self, line: str, now: bool = False) -> None:
         if self._pid != os.getpid():
