@@ -629,16 +629,17 @@ def render(all_results: list[dict], args, peer) -> str:
     return "\n".join(lines)
 
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def write_doc(path: Path, results_md: str) -> None:
-    text = path.read_text() if path.exists() else f"# Benchmarks\n\n## Results\n\n{START}\n{END}\n"
-    if START not in text:
-        text += f"\n## Results\n\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1] if END in rest else ""
-    path.write_text(f"{head}{START}\n{results_md}\n{END}{tail}")
+def write_section(path: Path, name: str, heading: str, text: str) -> None:
+    """Put `text` between the `<!-- name:start -->` and `<!-- name:end -->` markers of the markdown file
+    `path` (bench/run.py's results, scale.py's and writecost.py's tables); without the markers, append
+    them under `heading`, creating the file if need be."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start not in doc:
+        doc += f"\n{heading}\n\n{start}\n{end}\n"
+    head, rest = doc.split(start, 1)
+    tail = rest.split(end, 1)[1] if end in rest else ""
+    path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main() -> int:
@@ -684,7 +685,7 @@ def main() -> int:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / time.strftime("%Y%m%d-%H%M%S.json")).write_text(json.dumps(results, indent=1))
-    write_doc(ROOT / args.output, md)
+    write_section(ROOT / args.output, "results", "## Results", md)
     log(f"wrote {args.output} and bench/results/")
     return 0
 

@@ -149,13 +149,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wf-scale-") as tmp:
         results = [bench(kind, args, Path(tmp)) for kind in args.databases.split(",")]
     doc = Path(args.output)
-    text = doc.read_text()
-    block = "<!-- scale:start -->\n" + render(results, args) + "\n<!-- scale:end -->"
-    if "<!-- scale:start -->" in text:
-        text = text[: text.index("<!-- scale:start -->")] + block + text[text.index("<!-- scale:end -->") + 18:]
-    else:
-        text += "\n## At 1,000,000 records (`bench/scale.py`)\n\n" + block + "\n"
-    doc.write_text(text)
+    base.write_section(doc, "scale", "## At 1,000,000 records (`bench/scale.py`)", render(results, args))
     base.log(f"wrote {doc}")
     return 0
 

@@ -300,15 +300,6 @@ def render(results: list[dict], args) -> str:
     return "\n".join(lines)
 
 
-def write_doc(path: Path, text: str) -> None:
-    doc = path.read_text()
-    start, end = "<!-- writecost:start -->", "<!-- writecost:end -->"
-    if start not in doc or end not in doc:
-        raise SystemExit(f"{path}: no {start} ... {end} markers")
-    head, rest = doc.split(start, 1)
-    path.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=100_000)
@@ -323,7 +314,8 @@ def main() -> int:
             results.append(bench_sqlite(args, Path(tmp)) if kind == "sqlite" else bench_postgresql(args, Path(tmp)))
     text = render(results, args)
     print(text)
-    write_doc(Path(args.output), text)
+    base.write_section(Path(args.output), "writecost", "## What a write costs the database (`bench/writecost.py`)",
+                       text)
     out = Path(args.json or base.ROOT / "bench" / "results" / f"writecost-{time.strftime('%Y%m%d-%H%M%S')}.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
