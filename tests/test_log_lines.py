@@ -167,7 +167,7 @@ def test_request_end_skips_the_log_record_only_while_the_configured_handler_writ
 
 
 @pytest.mark.parametrize("change", ["handler on workflow.http", "level WARNING", "propagate to root",
-                                    "second handler", "other formatter", "logger disabled"])
+                                    "second handler", "other formatter", "logger disabled", "record factory"])
 def test_anything_added_to_the_log_setup_takes_the_usual_path(workflow_logger, change):
     configure_logging("INFO", stream=io.StringIO())
     http_log = logging.getLogger("workflow.http")
@@ -185,12 +185,15 @@ def test_anything_added_to_the_log_setup_takes_the_usual_path(workflow_logger, c
             workflow_logger.addHandler(extra)
         elif change == "logger disabled":  # as logging.config.dictConfig leaves the loggers it does not name
             http_log.disabled = True
+        elif change == "record factory":  # an embedder's, adding attributes to every record
+            logging.setLogRecordFactory(lambda *args, **kwargs: logging.LogRecord(*args, **kwargs))
         else:
             handler.setFormatter(logging.Formatter("%(message)s"))
         assert middleware._request_log_handler() is None
     finally:
         http_log.removeHandler(extra)
         http_log.disabled = False
+        logging.setLogRecordFactory(logging.LogRecord)
 
 
 def test_the_request_line_is_the_formatters_line(workflow_logger):

@@ -62,11 +62,12 @@ def _request_log_handler() -> LineBatchHandler | None:
 
     The line is then written without logging's LogRecord and dispatch: the same line to the same
     place, for a few percent more gets by id under load (docs/decisions.md, "Logging"). A handler,
-    filter, formatter or level that an embedder or a test sets on the way takes the usual path.
+    filter, formatter, level or LogRecord factory that an embedder or a test sets takes the usual path.
     """
     parent = log.parent
     if (log.disabled or log.handlers or log.filters or not log.propagate or not log.isEnabledFor(logging.INFO)
-            or parent.name != "workflow" or parent.propagate or parent.filters or len(parent.handlers) != 1):
+            or parent.name != "workflow" or parent.propagate or parent.filters or len(parent.handlers) != 1
+            or logging.getLogRecordFactory() is not logging.LogRecord):
         return None
     handler = parent.handlers[0]
     if (type(handler) is not LineBatchHandler or handler.filters or handler.level > logging.INFO
