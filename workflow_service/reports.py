@@ -20,15 +20,18 @@ DEFAULT_SPAN = {"hour": timedelta(hours=23), "day": timedelta(days=29)}
 SUMMARY_FILTERS = (*FILTERS, "date_from", "date_to")
 
 
-def _group(rows: list[dict], dimension: str) -> list[dict]:
-    groups: dict[str, dict] = {}
-    for row in rows:
-        if row["dimension"] != dimension:
-            continue
-        entry = groups.setdefault(row["key"], {dimension: row["key"], "count": 0, **dict.fromkeys(STATUSES, 0)})
-        entry["count"] += row["n"]
-        entry[row["status"]] += row["n"]
-    return [groups[key] for key in sorted(groups) if groups[key]["count"]]
+def _group(rows: list[tuple]) -> dict[str, list[dict]]:
+    """(dimension, key, status, n) rows as each dimension's entries, sorted by key, empty ones left out."""
+    groups: dict[str, dict[str, dict]] = {"category": {}, "source": {}}
+    for dimension, key, status, n in rows:
+        entries = groups[dimension]
+        entry = entries.get(key)
+        if entry is None:
+            entry = entries[key] = {dimension: key, "count": 0, **dict.fromkeys(STATUSES, 0)}
+        entry["count"] += n
+        entry[status] += n
+    return {dimension: [entries[key] for key in sorted(entries) if entries[key]["count"]]
+            for dimension, entries in groups.items()}
 
 
 def check_range(query: dict) -> None:
@@ -47,8 +50,9 @@ def summary(db: Database, query: dict, now: Callable[[], str] = utc_now_text) ->
     filters, params = filter_fragments(query, "date_from", "date_to")
     counted = "summary_counts" if has_date_filter(filters) else "summary_from_counts"
     with db.read() as s:
-        rows = s.all_sql(s.queries.compose(counted, filters=filters), params)
-    by_category = _group(rows, "category")
+        rows = s.tuples_sql(s.queries.compose(counted, filters=filters), params)
+    grouped = _group(rows)
+    by_category = grouped["category"]
     totals = {"all": sum(c["count"] for c in by_category)}
     totals.update({status: sum(c[status] for c in by_category) for status in STATUSES})
     return {
@@ -56,7 +60,7 @@ def summary(db: Database, query: dict, now: Callable[[], str] = utc_now_text) ->
         "filters": {name: query.get(name) for name in SUMMARY_FILTERS},
         "totals": totals,
         "by_category": by_category,
-        "by_source": _group(rows, "source"),
+        "by_source": grouped["source"],
     }
 
 
