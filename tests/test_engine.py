@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import make_settings
+from conftest import audit_mismatches, make_settings, new_pg_schema
 from webtest import TestApp
 
 from workflow import TransientError, build_registry, create_app
 from workflow_service.config import ConfigError
+from workflow_service.db import Session, open_database
+from workflow_service.migrations import Migrator
 from workflow_service.states import PROCESSED, ProcessorRegistry, transition
 from workflow_service.timeutil import later, to_text, utc_now_text
 from workflow_service.worker import Worker
@@ -191,6 +194,115 @@ def test_worker_and_api_never_both_win(make_app, database_url):
     transition(wsgi.db, rec["id"], PROCESSED, registry=ProcessorRegistry())
     assert Worker(wsgi.db, build_registry(settings)).drain().claimed == 0
     assert app.post(f"/records/{rec['id']}/process", expect_errors=True).status_int == 409
+
+
+def test_worker_batch_of_mixed_outcomes_stores_each_with_its_event_and_counts(make_app, database_url):
+    """One batch: successes, transient errors, processor errors and the built-in rule's failures."""
+    clock = Clock()
+
+    def mixed(payload, record):
+        if payload["kind"] == "later":
+            raise TransientError("upstream down")
+        if payload["kind"] == "boom":
+            raise ValueError("boom")
+        return {"score": 0.1 + payload["n"], "classification": f"c{payload['n']}"}
+
+    settings = make_settings(database_url, RETRY_BASE_SECONDS="10")
+    app = make_app(processors={"m": mixed}, clock=clock, RETRY_BASE_SECONDS="10")
+    kinds = ["ok", "later", "boom", "rule"] * 8
+    bodies = [{"source": f"s{n % 3}", "category": "builtin" if kind == "rule" else "m",
+               "payload": {"kind": kind, "n": n, "priority": "x"}} for n, kind in enumerate(kinds)]
+    ids = [r["id"] for r in app.post_json("/records/batch", {"records": bodies}).json["items"]]
+    clock.advance(1)
+    worker = Worker(app.app.db, build_registry(settings, {"m": mixed}), batch_size=100, now=clock)
+
+    stats = worker.run_batch("batch-actor")
+    assert (stats.claimed, stats.processed, stats.failed, stats.retried_later) == (32, 8, 16, 8)
+    stamp = clock()
+    for n, (rid, kind) in enumerate(zip(ids, kinds, strict=True)):
+        rec = app.get(f"/records/{rid}").json
+        trail = app.get(f"/records/{rid}/events").json["items"]
+        assert rec["attempts"] == 1 and rec["updated_at"] == stamp
+        assert [(e["from_status"], e["to_status"], e["request_id"]) for e in trail] == [
+            (None, "pending", trail[0]["request_id"]), ("pending", rec["status"], "batch-actor")]
+        if kind == "ok":
+            assert (rec["status"], rec["score"], rec["classification"], rec["error"]) == (
+                "processed", 0.1 + n, f"c{n}", None)
+            assert rec["result"] == {"score": 0.1 + n, "classification": f"c{n}"} and rec["processed_at"] == stamp
+        elif kind == "later":
+            assert (rec["status"], rec["error"], rec["processed_at"]) == ("pending", "upstream down", None)
+            assert trail[1]["detail"] == f"attempt 1 failed, retry after {later(stamp, 10)}: upstream down"
+        else:
+            assert rec["status"] == "failed" and rec["processed_at"] == stamp
+            assert rec["error"] == ("boom" if kind == "boom" else "invalid priority") == trail[1]["detail"]
+    assert app.get("/reports/summary").json["totals"] == {"all": 32, "pending": 8, "processed": 8, "failed": 16}
+    assert audit_mismatches(app.app.db) == []
+    clock.advance(9)
+    assert worker.run_batch().claimed == 0  # the transient ones wait out their backoff
+    clock.advance(1)
+    assert worker.run_batch().retried_later == 8
+
+
+def test_postgresql_worker_stores_a_batch_in_two_statements(pg_server_url, monkeypatch):
+    url = new_pg_schema(pg_server_url)
+    settings = make_settings(url)
+    db = open_database(settings)
+    Migrator(db).up()
+    app = TestApp(create_app(settings, db=db))
+    app.post_json("/records/batch", {"records": [{"source": "s", "category": "c", "payload": {"priority": i}}
+                                                 for i in range(40)]})
+    names = []
+    for method in ("one", "all", "run"):
+        original = getattr(Session, method)
+        monkeypatch.setattr(Session, method, lambda self, name, params=None, _o=original: (
+            names.append(name), _o(self, name, params))[1])
+    stats = Worker(db, build_registry(settings), batch_size=50).run_batch()
+    assert stats.claimed == 40 and stats.processed + stats.failed == 40
+    assert names == ["claim_pending", "set_outcomes", "insert_events"]
+    monkeypatch.undo()
+    assert audit_mismatches(db) == []
+    db.close()
+
+
+def test_postgresql_an_update_statement_changes_each_count_row_once(pg_server_url):
+    """Migration 0009: 60 records of 2 categories change status in one statement, and 6 counter
+    rows are written (each category's pending, processed and failed), not 2 for each record."""
+    url = new_pg_schema(pg_server_url)
+    db = open_database(make_settings(url))
+    Migrator(db).up()
+    with db.write() as s:
+        s.run("insert_records_with_events", {"rows": json.dumps(
+            [{"id": str(uuid.uuid4()), "source": "s", "category": f"c{i % 2}", "payload": "{}"} for i in range(60)]),
+            "now": "2030-01-01T00:00:00.000000Z", "request_id": "r"})
+    written = "SELECT coalesce(sum(n_tup_ins + n_tup_upd), 0)::int AS n FROM pg_stat_xact_user_tables " \
+              "WHERE relname = 'record_counts'"
+    advisory = "SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    with db.write() as s:
+        seen = {"c0": 0, "c1": 0}
+        outcomes = []
+        for row in s.all_sql("SELECT id::text AS id, category FROM records"):
+            seen[row["category"]] += 1
+            outcomes.append({"id": row["id"], "from_status": "pending",
+                             "to_status": "failed" if seen[row["category"]] % 3 == 0 else "processed",
+                             "result": None, "classification": None, "score": None, "error": None, "attempt": 1,
+                             "now": "2030-01-01T00:00:01.000000Z", "processed_at": "2030-01-01T00:00:01.000000Z",
+                             "available_at": None})
+        before = s.one_sql(written)["n"]  # the backend's counts not yet reported, earlier transactions' too
+        assert len(s.all("set_outcomes", {"outcomes": json.dumps(outcomes)})) == 60
+        # 6 upserts; one that updates may count as an insert attempt too. The row trigger before 0009
+        # made 2 upserts a record: 120.
+        assert 6 <= s.one_sql(written)["n"] - before <= 12
+    with db.write() as s:  # updates that move no count take no lock and write no count
+        before = s.one_sql(written)["n"]
+        s.all("set_outcomes", {"outcomes": "[]"})
+        assert len(s.all_sql("UPDATE records SET error = 'noted' WHERE category = 'c0' RETURNING id")) == 30
+        assert (s.one_sql(written)["n"] - before, s.one_sql(advisory)["n"]) == (0, 0)
+    with db.read() as s:
+        counts = {(r["category"], r["status"]): r["n"] for r in s.all_sql(
+            "SELECT category, status, sum(n)::int AS n FROM record_counts GROUP BY 1, 2 HAVING sum(n) <> 0")}
+        assert s.all("audit_count_mismatches") == []  # (no events were written here: only the counts)
+    assert counts == {("c0", "processed"): 20, ("c0", "failed"): 10, ("c1", "processed"): 20, ("c1", "failed"): 10}
+    db.close()
 
 
 # ----------------------------------------------------------------- batch

@@ -181,11 +181,42 @@ def transition(
 
 def apply_transition(s, row: dict, target: str, *, registry: ProcessorRegistry | None, actor: str | None,
                      now: Callable[[], str] = utc_now_text) -> dict:
-    """The transition itself, inside the caller's write transaction on a locked row.
+    """One record's transition, inside the caller's write transaction on a locked row; the stored row.
 
-    Shared by the HTTP API (one record) and the worker (a claimed batch).
-    Processing needs the app's or worker's `registry`; a retry needs none.
+    Processing needs the app's or worker's `registry`; a retry needs none. The
+    worker decides a claimed batch's transitions first and stores them together
+    (`decide_transition`, `store_transitions`).
     """
+    change = decide_transition(row, target, registry=registry, actor=actor, now=now)
+    updated = s.one("set_outcome", change.outcome)
+    if updated is None:  # impossible under the row/write lock; refuse rather than guess
+        raise Conflict("record changed concurrently", details={"status": row["status"]})
+    s.run("insert_event", change.event)
+    change.log()
+    return updated
+
+
+# A dialect whose SQL has it stores a batch of transitions in two statements (store_transitions).
+BATCH_OUTCOMES = "set_outcomes"
+
+
+@dataclass(frozen=True)
+class Change:
+    """A decided transition: `set_outcome`'s parameters and its audit event's (`insert_event`)."""
+
+    outcome: dict
+    event: dict
+    transient: bool
+
+    def log(self) -> None:
+        log.info("record.transition", extra={"fields": {
+            "record_id": self.event["record_id"], "from": self.event["from_status"], "to": self.event["to_status"],
+            "request_id": self.event["request_id"], "transient": self.transient}})
+
+
+def decide_transition(row: dict, target: str, *, registry: ProcessorRegistry | None, actor: str | None,
+                      now: Callable[[], str] = utc_now_text) -> Change:
+    """What moving the locked `row` towards `target` stores; runs the processor, writes nothing."""
     from_status = row["status"]
     if (from_status, target) not in ALLOWED:
         raise Conflict(f"record is {from_status}, cannot move it to {target}", details={"status": from_status})
@@ -204,9 +235,12 @@ def apply_transition(s, row: dict, target: str, *, registry: ProcessorRegistry |
     else:
         outcome, stamp = Outcome(target), now()
         available_at = stamp
-    updated = s.one(
-        "set_outcome",
-        {
+    attempt = 1 if target == PROCESSED else 0
+    detail = outcome.error
+    if outcome.transient:
+        detail = f"attempt {row['attempts'] + attempt} failed, retry after {available_at}: {outcome.error}"
+    return Change(
+        outcome={
             "id": row["id"],
             "from_status": from_status,
             "to_status": outcome.status,
@@ -214,31 +248,31 @@ def apply_transition(s, row: dict, target: str, *, registry: ProcessorRegistry |
             "classification": outcome.classification,
             "score": outcome.score,
             "error": outcome.error,
-            "attempt": 1 if target == PROCESSED else 0,
+            "attempt": attempt,
             "now": stamp,
             "processed_at": stamp if outcome.status in (PROCESSED, FAILED) else None,
             "available_at": available_at,
         },
+        event={"record_id": row["id"], "from_status": from_status, "to_status": outcome.status, "now": stamp,
+               "request_id": actor, "detail": detail},
+        transient=outcome.transient,
     )
-    if updated is None:  # impossible under the row/write lock; refuse rather than guess
-        raise Conflict("record changed concurrently", details={"status": from_status})
-    detail = outcome.error
-    if outcome.transient:
-        detail = f"attempt {updated['attempts']} failed, retry after {available_at}: {outcome.error}"
-    s.run(
-        "insert_event",
-        {
-            "record_id": row["id"],
-            "from_status": from_status,
-            "to_status": outcome.status,
-            "now": stamp,
-            "request_id": actor,
-            "detail": detail,
-        },
-    )
-    log.info(
-        "record.transition",
-        extra={"fields": {"record_id": row["id"], "from": from_status, "to": outcome.status, "request_id": actor,
-                          "transient": outcome.transient}},
-    )
-    return updated
+
+
+def store_transitions(s, changes: list[Change]) -> None:
+    """Store decided transitions of locked rows: with BATCH_OUTCOMES in one statement for the
+    records and one for their events, so that the count trigger runs once (PostgreSQL,
+    docs/reports.md); otherwise record by record."""
+    if BATCH_OUTCOMES in s.queries:
+        if changes:
+            stored = s.all(BATCH_OUTCOMES, {"outcomes": json.dumps([c.outcome for c in changes])})
+            if len(stored) != len(changes):  # impossible under the row locks; refuse rather than guess
+                raise Conflict("records changed concurrently")
+            s.run("insert_events", {"events": json.dumps([c.event for c in changes])})
+    else:
+        for change in changes:
+            if s.one("set_outcome", change.outcome) is None:
+                raise Conflict("record changed concurrently", details={"status": change.outcome["from_status"]})
+            s.run("insert_event", change.event)
+    for change in changes:
+        change.log()

@@ -3,7 +3,9 @@
 A batch is one write transaction: claim up to N eligible pending records
 (PostgreSQL `FOR UPDATE SKIP LOCKED`, so workers on many hosts never wait for
 or double-process each other's rows; SQLite `BEGIN IMMEDIATE`), run each
-through `apply_transition`, commit. A worker killed mid-batch commits nothing
+through the processor (`decide_transition`), store the outcomes
+(`store_transitions`: on PostgreSQL one statement for the records and one
+for their audit events), commit. A worker killed mid-batch commits nothing
 of that batch, so its records are simply claimed again: nothing is lost and
 nothing is processed twice in the database.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from .db import Database
 from .errors import DatabaseUnavailable
 from .idempotency import expire
-from .states import FAILED, PROCESSED, ProcessorRegistry, apply_transition
+from .states import FAILED, PROCESSED, ProcessorRegistry, decide_transition, store_transitions
 from .timeutil import utc_now_text
 
 log = logging.getLogger("workflow.worker")
@@ -64,12 +66,13 @@ class Worker:
         with self.db.write() as s:
             rows = s.all("claim_pending", {"now": self.now(), "limit": self.batch_size})
             stats.claimed = len(rows)
-            for row in rows:
-                updated = apply_transition(s, row, PROCESSED, registry=self.registry,
-                                           actor=actor or self.worker_id, now=self.now)
-                if updated["status"] == PROCESSED:
+            changes = [decide_transition(row, PROCESSED, registry=self.registry, actor=actor or self.worker_id,
+                                         now=self.now) for row in rows]
+            store_transitions(s, changes)
+            for change in changes:
+                if change.outcome["to_status"] == PROCESSED:
                     stats.processed += 1
-                elif updated["status"] == FAILED:
+                elif change.outcome["to_status"] == FAILED:
                     stats.failed += 1
                 else:
                     stats.retried_later += 1

@@ -45,6 +45,27 @@ RETURNING {record_columns};
 INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
 VALUES (%(record_id)s, %(from_status)s, %(to_status)s, %(now)s, %(request_id)s, %(detail)s);
 
+-- name: set_outcomes
+-- set_outcome for a batch of locked records (states.store_transitions), from a JSON array of its
+-- parameters: one statement, so the count trigger runs once for the batch (migration 0009).
+UPDATE records
+SET status = o.to_status, result = o.result::json, classification = o.classification, score = o.score,
+    error = o.error, attempts = records.attempts + o.attempt, updated_at = o.now::timestamptz,
+    processed_at = o.processed_at::timestamptz,
+    available_at = COALESCE(o.available_at::timestamptz, records.available_at)
+FROM json_to_recordset(%(outcomes)s::json) AS o(id uuid, from_status text, to_status text, result text,
+                                                classification text, score float8, error text, attempt int,
+                                                now text, processed_at text, available_at text)
+WHERE records.id = o.id AND records.status = o.from_status
+RETURNING records.id;
+
+-- name: insert_events
+-- insert_event for a batch, from a JSON array of its parameters.
+INSERT INTO record_events (record_id, from_status, to_status, at, request_id, detail)
+SELECT e.record_id, e.from_status, e.to_status, e.now::timestamptz, e.request_id, e.detail
+FROM json_to_recordset(%(events)s::json) AS e(record_id uuid, from_status text, to_status text, now text,
+                                              request_id text, detail text);
+
 -- name: list_events
 -- A record's audit trail, oldest first.
 SELECT record_id::text AS record_id, from_status, to_status,
