@@ -252,10 +252,15 @@ def test_postgresql_worker_stores_a_batch_in_two_statements(pg_server_url, monke
     app.post_json("/records/batch", {"records": [{"source": "s", "category": "c", "payload": {"priority": i}}
                                                  for i in range(40)]})
     names = []
+
+    def recording(original):
+        def method(self, name, params=None):
+            names.append(name)
+            return original(self, name, params)
+        return method
+
     for method in ("one", "all", "run"):
-        original = getattr(Session, method)
-        monkeypatch.setattr(Session, method, lambda self, name, params=None, _o=original: (
-            names.append(name), _o(self, name, params))[1])
+        monkeypatch.setattr(Session, method, recording(getattr(Session, method)))
     stats = Worker(db, build_registry(settings), batch_size=50).run_batch()
     assert stats.claimed == 40 and stats.processed + stats.failed == 40
     assert names == ["claim_pending", "set_outcomes", "insert_events"]

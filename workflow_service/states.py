@@ -188,10 +188,7 @@ def apply_transition(s, row: dict, target: str, *, registry: ProcessorRegistry |
     (`decide_transition`, `store_transitions`).
     """
     change = decide_transition(row, target, registry=registry, actor=actor, now=now)
-    updated = s.one("set_outcome", change.outcome)
-    if updated is None:  # impossible under the row/write lock; refuse rather than guess
-        raise Conflict("record changed concurrently", details={"status": row["status"]})
-    s.run("insert_event", change.event)
+    updated = _store(s, change)
     change.log()
     return updated
 
@@ -271,8 +268,15 @@ def store_transitions(s, changes: list[Change]) -> None:
             s.run("insert_events", {"events": json.dumps([c.event for c in changes])})
     else:
         for change in changes:
-            if s.one("set_outcome", change.outcome) is None:
-                raise Conflict("record changed concurrently", details={"status": change.outcome["from_status"]})
-            s.run("insert_event", change.event)
+            _store(s, change)
     for change in changes:
         change.log()
+
+
+def _store(s, change: Change) -> dict:
+    """Store one decided transition and its audit event; the stored row."""
+    updated = s.one("set_outcome", change.outcome)
+    if updated is None:  # impossible under the row/write lock; refuse rather than guess
+        raise Conflict("record changed concurrently", details={"status": change.outcome["from_status"]})
+    s.run("insert_event", change.event)
+    return updated
