@@ -260,12 +260,13 @@ def store_transitions(s, changes: list[Change]) -> None:
     """Store decided transitions of locked rows: with BATCH_OUTCOMES in one statement for the
     records and one for their events, so that the count trigger runs once (PostgreSQL,
     docs/reports.md); otherwise record by record."""
+    if not changes:
+        return
     if BATCH_OUTCOMES in s.queries:
-        if changes:
-            stored = s.all(BATCH_OUTCOMES, {"outcomes": json.dumps([c.outcome for c in changes])})
-            if len(stored) != len(changes):  # impossible under the row locks; refuse rather than guess
-                raise Conflict("records changed concurrently")
-            s.run("insert_events", {"events": json.dumps([c.event for c in changes])})
+        stored = s.all(BATCH_OUTCOMES, {"outcomes": json.dumps([c.outcome for c in changes])})
+        if len(stored) != len(changes):  # impossible under the row locks; refuse rather than guess
+            raise Conflict("records changed concurrently")
+        s.run("insert_events", {"events": json.dumps([c.event for c in changes])})
     else:
         for change in changes:
             _store(s, change)
