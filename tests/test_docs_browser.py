@@ -222,8 +222,8 @@ def test_docs_render_and_try_it_out_works_offline(server, browser, tmp_path):
 
     # Nothing left the machine: every request the page made went to the server under test.
     urls = [e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"]
-    assert any(u.startswith(f"{base}/docs/assets/swagger-ui-bundle.js") for u in urls)
-    assert any(u == f"{base}/records" for u in urls)
+    assert any(u.startswith(f"{base}/docs/assets/swagger-ui-bundle.js") for u in urls), urls
+    assert any(u == f"{base}/records" for u in urls), urls
     outside = [u for u in urls if not u.startswith(f"{base}/") and not u.startswith("data:")]
     assert outside == []
     assert browser.evaluate("window.__cspViolations") == []
