@@ -93,6 +93,16 @@ def make_settings(database_url: str, **env: str):
     return settings_from_mapping({"DATABASE_URL": database_url, **env})
 
 
+def listing_sql(queries, filters: tuple[str, ...], order: str) -> str:
+    """The SQL of a listing's page for these filter and cursor (`after.*`) fragments; on
+    PostgreSQL, without a date filter, the statement that also reads the total (records.py)."""
+    if "list_records_with_total" not in queries or any(f.startswith("filter.created") for f in filters):
+        return queries.compose("list_records", filters=filters, order=order)
+    after = tuple(f for f in filters if f.startswith("after."))
+    filters = tuple(f for f in filters if f not in after)
+    return queries.compose("list_records_with_total", filters=filters, after=after, order=order)
+
+
 def hold_writer_gate(path) -> int:
     """Take SQLite's `<database>-writer.lock` as another process's write or checkpoint would
     (db.WriterGate); closing the returned descriptor lets go."""

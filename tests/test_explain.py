@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_settings
+from conftest import listing_sql, make_settings
 
 from workflow import create_app
 
@@ -64,7 +64,7 @@ def full_scans(db, result) -> list[str]:
 
 @pytest.mark.parametrize(("filters", "order"), LISTINGS, ids=lambda v: ",".join(v) if isinstance(v, tuple) else v)
 def test_listing_uses_an_index(db, filters, order):
-    sql = db.queries.compose("list_records", filters=filters, order=order)
+    sql = listing_sql(db.queries, filters, order)
     result = plan(db, sql, PARAMS)
     assert not full_scans(db, result), result
     if db.dialect == "sqlite" and not [f for f in filters if f.startswith("filter.")]:

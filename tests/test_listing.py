@@ -65,6 +65,39 @@ def test_next_cursor_is_null_on_the_page_with_the_last_row(app, seeded):
     assert app.get("/records?category=none").json["next_cursor"] is None
 
 
+@pytest.mark.parametrize(("filters", "offset"), [("", 45), ("status=processed", 1000), ("category=none", 0),
+                                                ("created_after=2000-01-01T00:00:00Z", 45),
+                                                ("created_after=2999-01-01T00:00:00Z", 0)])
+def test_a_page_past_the_last_record_still_has_the_total(app, seeded, filters, offset):
+    """PostgreSQL reads a page and its total in one statement, which gives a row even for an empty page."""
+    everything = app.get(f"/records?limit=200&{filters}").json
+    page = app.get(f"/records?offset={offset}&{filters}").json
+    assert page["items"] == [] and page["count"] == 0 and page["next_cursor"] is None
+    assert page["total"] == everything["total"] == len(everything["items"])
+    matches_nothing = "none" in filters or "2999" in filters
+    assert (page["total"] == 0) == matches_nothing and (offset != 45 or page["total"] == 45)
+
+
+def test_a_page_and_its_total_come_from_one_snapshot(app, seeded, dialect, monkeypatch):
+    """Without a date filter, one statement on PostgreSQL (autocommit: no BEGIN and COMMIT around
+    it); otherwise, and on SQLite, the page and its total in one read transaction."""
+    db = app.app.db
+    units, statements = [], []
+    real_unit = type(db)._unit
+    monkeypatch.setattr(type(db), "_unit", lambda self, *args: units.append(args) or real_unit(self, *args))
+    real_compose = type(db.queries).compose
+    monkeypatch.setattr(type(db.queries), "compose",
+                        lambda self, name, **slots: statements.append(name) or real_compose(self, name, **slots))
+    for query in ("", "?status=processed&category=c1", "?created_after=2000-01-01T00:00:00Z&limit=5"):
+        assert app.get(f"/records{query}").json["total"] > 0
+    if dialect == "postgresql":
+        assert units == [(None,), (None,), ("snapshot",)]
+        assert statements == ["list_records_with_total"] * 2 + ["list_records", "count_records"]
+    else:
+        assert units == [("read", "begin_read")] * 3
+        assert statements == ["list_records", "count_from_counts"] * 2 + ["list_records", "count_records"]
+
+
 def test_offset_paging_also_offers_a_cursor(app, seeded):
     page = app.get("/records?limit=10&offset=10&sort_order=asc").json
     after = app.get(f"/records?limit=10&sort_order=asc&cursor={page['next_cursor']}").json

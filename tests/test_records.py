@@ -80,7 +80,7 @@ def test_record_json_renders_a_tuple_in_column_order_as_it_renders_the_dict():
 
 def test_record_columns_are_the_order_of_the_sql_fragment(database_url, create_record):
     """The listing and get by id read rows as tuples in `record_columns` order (Session.tuples)."""
-    from conftest import make_settings
+    from conftest import listing_sql, make_settings
 
     from workflow_service.db import open_database
 
@@ -90,7 +90,7 @@ def test_record_columns_are_the_order_of_the_sql_fragment(database_url, create_r
         with db.read() as s:
             as_dict = s.one("get_record", {"id": created["id"]})
             as_tuples = s.tuples("get_record", {"id": created["id"]})
-            page_sql = s.queries.compose("list_records", filters=("filter.category",), order="order.created_at.asc")
+            page_sql = listing_sql(s.queries, ("filter.category",), "order.created_at.asc")
             page = s.tuples_sql(page_sql, {"category": "invoice", "limit": 5, "offset": 0})
             page_dicts = s.all_sql(page_sql, {"category": "invoice", "limit": 5, "offset": 0})
     finally:
@@ -98,7 +98,7 @@ def test_record_columns_are_the_order_of_the_sql_fragment(database_url, create_r
     assert tuple(as_dict) == records.RECORD_COLUMNS
     assert as_tuples == [tuple(as_dict.values())]
     assert page == [tuple(row.values()) for row in page_dicts] and len(page) == 1
-    assert tuple(page_dicts[0]) == records.RECORD_COLUMNS
+    assert tuple(page_dicts[0])[:13] == records.RECORD_COLUMNS  # PostgreSQL's page has its total last
     assert json.loads(records.record_json(as_tuples[0])) == created
 
 

@@ -20,7 +20,7 @@ ONLY_IN = {
                "wal_checkpoint", "wal_restart", "begin_read", "begin_write",
                "savepoint", "rollback_to_savepoint", "release_savepoint", "insert_record",
                "insert_record_set", "insert_creation_events"},
-    "postgresql": {"insert_records_with_events", "set_outcomes", "insert_events"},
+    "postgresql": {"insert_records_with_events", "set_outcomes", "insert_events", "list_records_with_total"},
 }
 
 
@@ -84,10 +84,14 @@ def test_templates_compose_without_leftover_slots(dialect):
     filters = tuple(n for n in queries.names() if n.startswith("filter."))
     orders = [n for n in queries.names() if n.startswith("order.")]
     assert filters and orders
-    for template in ("list_records", "count_records", "summary_counts"):
+    for template in ("list_records", "list_records_with_total", "count_records", "summary_counts"):
+        if template not in queries:
+            continue
         slots = {"filters": filters}
         if "{order}" in queries[template]:
             slots["order"] = orders[0]
+        if "{after}" in queries[template]:
+            slots["after"] = ("after.created_at.asc",)
         composed = queries.compose(template, **slots)
         assert not re.search(r"\{[a-z_.]+\}", composed), composed
 

@@ -88,6 +88,18 @@ FROM (SELECT id FROM records WHERE {filters} ORDER BY {order} LIMIT %(limit)s OF
 JOIN records USING (id)
 ORDER BY {order};
 
+-- name: list_records_with_total
+-- list_records and its total from the maintained counts (count_from_counts: no date filter) in
+-- one statement, one snapshot and one round trip (BEGIN, the two and COMMIT were four). {after}
+-- is a cursor's position, the page's alone. Every row carries the total; a page with no records
+-- is one row of NULLs beside it.
+SELECT {record_columns}, total.total
+FROM ({count_from_counts}) AS total
+LEFT JOIN ((SELECT id FROM records WHERE {filters} AND {after} ORDER BY {order}
+            LIMIT %(limit)s OFFSET %(offset)s) AS page
+           JOIN records USING (id)) ON TRUE
+ORDER BY {order};
+
 -- name: count_records
 -- How many records match the filters.
 SELECT count(*) AS total FROM records WHERE {filters};
