@@ -243,6 +243,62 @@ def test_worker_batch_of_mixed_outcomes_stores_each_with_its_event_and_counts(ma
     assert worker.run_batch().retried_later == 8
 
 
+UNSTORABLE = {"nul": "bad\x00value", "surrogate": "bad\udc80value", "both": "\ud83d\x00\ude00"}
+STORED = {"nul": "bad\ufffdvalue", "surrogate": "bad\ufffdvalue", "both": "\ufffd\ufffd\ufffd"}
+
+
+def poisoned(payload, record):
+    """A processor whose texts neither database can store as they are."""
+    text = UNSTORABLE[payload["text"]]
+    if payload["how"] == "raise":
+        raise ValueError(text)
+    if payload["how"] == "transient":
+        raise TransientError(text)
+    return {"classification": text, "note": text}
+
+
+def check_poisoned(app, rid: str, text: str, how: str) -> None:
+    rec = app.get(f"/records/{rid}").json
+    detail = app.get(f"/records/{rid}/events").json["items"][-1]["detail"]
+    if how == "raise":
+        assert (rec["status"], rec["error"], detail) == ("failed", STORED[text], STORED[text])
+    elif how == "transient":
+        assert (rec["status"], rec["error"]) == ("pending", STORED[text]) and detail.endswith(": " + STORED[text])
+    else:  # the result is JSON text, where an escape says what the processor gave
+        assert (rec["status"], rec["classification"]) == ("processed", STORED[text])
+        assert rec["result"] == {"classification": UNSTORABLE[text], "note": UNSTORABLE[text]}
+
+
+HOWS = [(text, how) for text in UNSTORABLE for how in ("raise", "transient", "classify")]
+
+
+@pytest.mark.parametrize(("text", "how"), HOWS)
+def test_a_processors_unstorable_text_is_stored_with_replacement_characters(make_app, text, how):
+    """NUL (PostgreSQL text cannot hold it) and lone surrogates (UTF-8 cannot encode them) in an
+    error or a classification were a 500 on one database or both; now U+FFFD stands for each."""
+    app = make_app(processors={"p": poisoned})
+    rid = app.post_json("/records", {"source": "s", "category": "p", "payload": {"text": text, "how": how}}).json["id"]
+    assert app.post(f"/records/{rid}/process").json == app.get(f"/records/{rid}").json
+    check_poisoned(app, rid, text, how)
+    assert audit_mismatches(app.app.db) == []
+
+
+def test_a_worker_batch_with_unstorable_texts_stores_every_record(make_app, database_url):
+    """One poisoned record used to fail its whole batch, and the worker with it, every time it
+    claimed the batch again."""
+    settings = make_settings(database_url)
+    app = make_app(processors={"p": poisoned})
+    bodies = [{"source": "s", "category": "p", "payload": {"text": text, "how": how}} for text, how in HOWS]
+    bodies += [{"source": "s", "category": "builtin", "payload": {"priority": 5}}] * 3
+    ids = [r["id"] for r in app.post_json("/records/batch", {"records": bodies}).json["items"]]
+    stats = Worker(app.app.db, build_registry(settings, {"p": poisoned}), batch_size=100).run_batch()
+    assert (stats.claimed, stats.retried_later) == (len(bodies), len(UNSTORABLE))
+    for rid, (text, how) in zip(ids, HOWS, strict=False):
+        check_poisoned(app, rid, text, how)
+    assert [app.get(f"/records/{rid}").json["status"] for rid in ids[-3:]] == ["processed"] * 3
+    assert audit_mismatches(app.app.db) == []
+
+
 def test_postgresql_worker_stores_a_batch_in_two_statements(pg_server_url, monkeypatch):
     url = new_pg_schema(pg_server_url)
     settings = make_settings(url)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +212,16 @@ class Change:
             "request_id": self.event["request_id"], "transient": self.transient}})
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str | None) -> str | None:
+    """A processor's text as both databases can store it: NUL (which PostgreSQL text cannot hold)
+    and lone surrogates (which neither can encode) become U+FFFD. A request body cannot carry
+    them (422), but an embedder's processor can raise or classify with any string."""
+    return text if text is None or text.isascii() and "\x00" not in text else _UNSTORABLE.sub("\ufffd", text)
+
+
 def decide_transition(row: dict, target: str, *, registry: ProcessorRegistry | None, actor: str | None,
                       now: Callable[[], str] = utc_now_text) -> Change:
     """What moving the locked `row` towards `target` stores; runs the processor, writes nothing."""
@@ -233,18 +244,19 @@ def decide_transition(row: dict, target: str, *, registry: ProcessorRegistry | N
         outcome, stamp = Outcome(target), now()
         available_at = stamp
     attempt = 1 if target == PROCESSED else 0
-    detail = outcome.error
+    error = storable(outcome.error)
+    detail = error
     if outcome.transient:
-        detail = f"attempt {row['attempts'] + attempt} failed, retry after {available_at}: {outcome.error}"
+        detail = f"attempt {row['attempts'] + attempt} failed, retry after {available_at}: {error}"
     return Change(
         outcome={
             "id": row["id"],
             "from_status": from_status,
             "to_status": outcome.status,
             "result": None if outcome.result is None else json.dumps(outcome.result),
-            "classification": outcome.classification,
+            "classification": storable(outcome.classification),
             "score": outcome.score,
-            "error": outcome.error,
+            "error": error,
             "attempt": attempt,
             "now": stamp,
             "processed_at": stamp if outcome.status in (PROCESSED, FAILED) else None,
