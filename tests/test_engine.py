@@ -299,6 +299,55 @@ def test_a_worker_batch_with_unstorable_texts_stores_every_record(make_app, data
     assert audit_mismatches(app.app.db) == []
 
 
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no message")
+
+
+def odd(payload, record):
+    """A processor whose outcomes broke `ProcessorRegistry.run`'s promise never to raise."""
+    if payload["how"] == "huge score":
+        return {"score": -(10**400), "n": 1}  # json writes it; float() of it overflows
+    if payload["how"] == "unprintable":
+        raise Unprintable()
+    deep: dict = {}
+    for _ in range(100_000):
+        deep = {"d": deep}
+    return deep
+
+
+def check_odd(app, rid: str, how: str) -> None:
+    rec = app.get(f"/records/{rid}").json
+    if how == "huge score":
+        assert (rec["status"], rec["score"], rec["result"]) == ("processed", None, {"score": -(10**400), "n": 1})
+    elif how == "unprintable":
+        assert (rec["status"], rec["error"]) == ("failed", "Unprintable")
+    else:
+        assert rec["status"] == "failed" and rec["error"].startswith("processor result is not JSON")
+
+
+ODD_HOWS = ["huge score", "unprintable", "deep"]
+
+
+@pytest.mark.parametrize("how", ODD_HOWS)
+def test_odd_processor_outcomes_are_a_records_outcome_not_a_500(make_app, how):
+    app = make_app(processors={"o": odd})
+    rid = app.post_json("/records", {"source": "s", "category": "o", "payload": {"how": how}}).json["id"]
+    assert app.post(f"/records/{rid}/process").json == app.get(f"/records/{rid}").json
+    check_odd(app, rid, how)
+
+
+def test_a_worker_batch_with_odd_processor_outcomes_stores_every_record(make_app, database_url):
+    app = make_app(processors={"o": odd})
+    ids = [r["id"] for r in app.post_json("/records/batch", {"records": [
+        {"source": "s", "category": "o", "payload": {"how": how}} for how in ODD_HOWS]}).json["items"]]
+    stats = Worker(app.app.db, build_registry(make_settings(database_url), {"o": odd}), batch_size=10).run_batch()
+    assert stats.claimed == len(ODD_HOWS)
+    for rid, how in zip(ids, ODD_HOWS, strict=True):
+        check_odd(app, rid, how)
+    assert audit_mismatches(app.app.db) == []
+
+
 def test_postgresql_worker_stores_a_batch_in_two_statements(pg_server_url, monkeypatch):
     url = new_pg_schema(pg_server_url)
     settings = make_settings(url)

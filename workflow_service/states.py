@@ -115,19 +115,22 @@ class ProcessorRegistry:
         try:
             result = fn(payload, record)
         except TransientError as exc:
-            log.warning("processor.transient", extra={"fields": {"record_id": record["id"], "error": str(exc)}})
-            return Outcome(PENDING, error=str(exc) or type(exc).__name__, transient=True)
+            log.warning("processor.transient", extra={"fields": {"record_id": record["id"], "error": _message(exc)}})
+            return Outcome(PENDING, error=_message(exc), transient=True)
         except Exception as exc:  # the processor's failure is the record's failure
             log.exception("processor.error", extra={"fields": {"record_id": record["id"], "category": category}})
-            return Outcome(FAILED, error=str(exc) or type(exc).__name__)
+            return Outcome(FAILED, error=_message(exc))
         if not isinstance(result, dict):
             return Outcome(FAILED, error=f"processor returned {type(result).__name__}, not a JSON object")
         try:
             json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            return Outcome(FAILED, error=f"processor result is not JSON: {exc}")
+        except (TypeError, ValueError, RecursionError) as exc:
+            return Outcome(FAILED, error=f"processor result is not JSON: {_message(exc)}")
         score = result.get("score")
-        score = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+        try:
+            score = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+        except OverflowError:  # an integer beyond a float's range: no score, as for an infinite one
+            score = None
         classification = result.get("classification")
         return Outcome(
             PROCESSED,
@@ -135,6 +138,14 @@ class ProcessorRegistry:
             classification=classification if isinstance(classification, str) else None,
             score=score if score is not None and math.isfinite(score) else None,
         )
+
+
+def _message(exc: BaseException) -> str:
+    """An exception's message; its type's name when it has none or its `str()` fails."""
+    try:
+        return str(exc) or type(exc).__name__
+    except Exception:
+        return type(exc).__name__
 
 
 def load_category_schemas(folder: Path) -> dict[str, Draft202012Validator]:
