@@ -350,12 +350,21 @@ def cmd_worker(args, settings: Settings) -> int:
 
 
 def cmd_cleanup(args, settings: Settings) -> int:
-    """Expire idempotency keys older than IDEMPOTENCY_TTL_HOURS."""
+    """Expire idempotency keys older than IDEMPOTENCY_TTL_HOURS; fold the counts' shards."""
     from workflow_service.idempotency import expire
+    from workflow_service.reports import fold_counts
 
     db = open_database(settings)
     try:
         print(f"expired {expire(db, settings.idempotency_ttl_hours)} idempotency keys")
+        try:
+            folded = fold_counts(db)
+        except DatabaseUnavailable:
+            sys.stderr.write("workflow: cleanup: counts not folded (a shard's lock was held over a second,"
+                             " or the database is unavailable); run it again\n")
+            return 1
+        if folded:
+            print(f"folded the counts' shards: one row for each of {folded} combinations")
     except DatabaseUnavailable:
         sys.stderr.write("workflow: cleanup: database unavailable\n")
         return 1
@@ -466,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--processors", metavar="MODULE:NAME",
                         help="a dict (or a function returning one) of category -> processor")
 
-    commands.add_parser("cleanup", help="expire idempotency keys older than IDEMPOTENCY_TTL_HOURS")
+    commands.add_parser("cleanup", help="expire idempotency keys older than IDEMPOTENCY_TTL_HOURS; "
+                        "fold the counts' shards (PostgreSQL)")
 
     commands.add_parser("audit", help="check every record's status against its audit trail")
 

@@ -257,3 +257,129 @@ def test_postgresql_count_shards_cannot_deadlock(pg_server_url):
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_postgresql_folding_the_counts_while_others_write_keeps_them_exact(pg_server_url):
+    """Creates and state changes on four connections while the counts are folded again and
+    again: nothing deadlocks or fails, and the counts end equal to a full count."""
+    from workflow_service.reports import fold_counts
+
+    url = new_pg_schema(pg_server_url)
+    settings = make_settings(url)
+    db = open_database(settings)
+    Migrator(db).up()
+    writers = [TestApp(create_app(settings, db=open_database(settings))) for _ in range(4)]
+    errors, folds = [], []
+
+    def write(app, n):
+        try:
+            for round_ in range(15):
+                batch = {"records": [{"source": f"s{i % 3}", "category": f"c{(n + round_) % 4}",
+                                      "payload": {"priority": i}} for i in range(8)]}
+                created = app.post_json("/records/batch", batch).json["items"]
+                for record in created[::2]:
+                    app.post(f"/records/{record['id']}/process")
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(app, n)) for n, app in enumerate(writers)]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 120
+        while any(t.is_alive() for t in threads) and len(folds) < 500 and time.monotonic() < deadline:
+            folds.append(fold_counts(db))
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(t.is_alive() for t in threads) and errors == []
+        assert len([n for n in folds if n]) > 1 and audit_mismatches(db) == [], folds
+        fold_counts(db)
+        with db.read() as s:
+            assert s.one_sql("SELECT count(*) AS rows, max(shard) AS shard, min(n) > 0 AS positive "
+                             "FROM record_counts") == {
+                "rows": len(s.all_sql("SELECT DISTINCT category, source, status FROM records")), "shard": 0,
+                "positive": True}
+        assert audit_mismatches(db) == []
+    finally:
+        for app in writers:
+            app.app.db.close()
+        db.close()
+
+
+def test_postgresql_a_fold_waits_for_the_shard_locks_not_for_counter_rows(pg_server_url):
+    """The fold takes every shard's advisory lock before it touches a counter row. Deleting the
+    rows of a shard while a writer holds some of them and wants more would otherwise close a
+    cycle that PostgreSQL breaks by failing one of the two (docs/reports.md)."""
+    import psycopg
+
+    from workflow_service.reports import fold_counts
+
+    url = new_pg_schema(pg_server_url)
+    db = open_database(make_settings(url))
+    Migrator(db).up()
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    writer = psycopg.connect(conninfo, autocommit=True)
+    watcher = psycopg.connect(conninfo, autocommit=True)
+    record_id = str(uuid.uuid4())
+    writer.execute("INSERT INTO records (id, source, category, payload, status, attempts, created_at, updated_at,"
+                   " available_at) VALUES (%s, 's', 'c', '{}', 'pending', 0, now(), now(), now())", (record_id,))
+    errors = []
+
+    def fold():
+        try:
+            fold_counts(db)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=fold)
+    try:
+        with writer.transaction():
+            writer.execute("UPDATE records SET status = 'processed' WHERE id = %s", (record_id,))
+            thread.start()
+            deadline = time.monotonic() + 10
+            while watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
+                                  "AND datname = current_database()").fetchone()[0] == 0:
+                assert time.monotonic() < deadline, "the fold never waited for a shard's lock"
+        thread.join(timeout=30)
+        assert not thread.is_alive() and errors == []
+        assert dict(watcher.execute("SELECT status, n FROM record_counts").fetchall()) == {"processed": 1}
+        with db.read() as s:
+            assert s.all("audit_count_mismatches") == []  # (the record has no audit trail: inserted by hand)
+    finally:
+        writer.close()
+        watcher.close()
+        db.close()
+
+
+def test_postgresql_a_fold_gives_up_after_a_second_on_a_shard_held_open(pg_server_url):
+    """A transaction left open after changing counts (an operator's psql session) holds its shard:
+    the fold waits a second, then gives up, so that writers do not queue behind it for longer;
+    the worker's cleanup goes on, and a later fold succeeds."""
+    import psycopg
+
+    from workflow import build_registry
+    from workflow_service.errors import DatabaseUnavailable
+    from workflow_service.reports import fold_counts
+    from workflow_service.worker import Worker
+
+    url = new_pg_schema(pg_server_url)
+    settings = make_settings(url)
+    db = open_database(settings)
+    Migrator(db).up()
+    session = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))  # not autocommit
+    try:
+        session.execute("INSERT INTO records (id, source, category, payload, status, attempts, created_at,"
+                        " updated_at, available_at) VALUES (%s, 's', 'c', '{}', 'pending', 0, now(), now(), now())",
+                        (str(uuid.uuid4()),))
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable):
+            fold_counts(db)
+        assert 0.9 < time.monotonic() - started < 10
+        Worker(db, build_registry(settings)).cleanup(force=True)  # logs, does not raise
+        session.commit()
+        fold_counts(db)
+        with db.read() as s:
+            assert s.all_sql("SELECT shard, n FROM record_counts") == [{"shard": 0, "n": 1}]
+    finally:
+        session.close()
+        db.close()

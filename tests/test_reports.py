@@ -79,3 +79,44 @@ def test_summary_rejects_bad_filters(app, query, loc):
     assert resp.status_int == 422
     assert resp.json["error"]["code"] == "VALIDATION_ERROR"
     assert ["query", loc] in [d["loc"] for d in resp.json["error"]["details"]]
+
+
+def test_folding_the_counts_changes_no_total(make_app, database_url, dialect):
+    """Writes through several connections (on PostgreSQL, several counter shards), then the
+    worker's cleanup folds the shards: every total stays, one row per combination is left, and
+    a combination whose count went to zero is gone."""
+    from conftest import audit_mismatches, make_settings
+    from webtest import TestApp
+
+    from workflow import build_registry, create_app
+    from workflow_service.db import open_database
+    from workflow_service.worker import Worker
+
+    app = make_app()
+    ids = []
+    for n in range(4):  # each app its own database connection: on PostgreSQL its own backend's shard
+        other = create_app(make_settings(database_url), db=open_database(make_settings(database_url)))
+        try:
+            batch = {"records": [{"source": f"s{i % 2}", "category": f"c{n % 2}", "payload": {"priority": i}}
+                                 for i in range(6)]}
+            ids += [r["id"] for r in TestApp(other).post_json("/records/batch", batch).json["items"]]
+        finally:
+            other.db.close()
+    for rid in ids[:6] + ids[12:18]:  # every c0 record moves on: its pending counts are zero now
+        app.post(f"/records/{rid}/process")
+    before = app.get("/reports/summary").json
+    with app.app.db.read() as s:
+        shards = {row["shard"] for row in s.all_sql("SELECT shard FROM record_counts")}
+    if dialect == "postgresql":
+        assert len(shards) > 1  # 4 or 5 backends, 16 shards: all on one would be 1 in 16**4
+    Worker(app.app.db, build_registry(make_settings(database_url))).cleanup(force=True)
+    after = app.get("/reports/summary").json
+    assert {k: v for k, v in after.items() if k != "generated_at"} == {
+        k: v for k, v in before.items() if k != "generated_at"}
+    with app.app.db.read() as s:
+        rows = s.all_sql("SELECT category, source, status, shard, n FROM record_counts")
+    assert all(row["n"] > 0 for row in rows) or dialect == "sqlite"
+    assert len({(r["category"], r["source"], r["status"]) for r in rows}) == len(rows)
+    assert {row["shard"] for row in rows} == {0}
+    assert audit_mismatches(app.app.db) == []
+    assert app.get("/records?category=c0&status=pending").json["total"] == 0

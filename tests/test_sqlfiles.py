@@ -20,7 +20,8 @@ ONLY_IN = {
                "wal_checkpoint", "wal_restart", "begin_read", "begin_write",
                "savepoint", "rollback_to_savepoint", "release_savepoint", "insert_record",
                "insert_record_set", "insert_creation_events"},
-    "postgresql": {"insert_records_with_events", "set_outcomes", "insert_events", "list_records_with_total"},
+    "postgresql": {"insert_records_with_events", "set_outcomes", "insert_events", "list_records_with_total",
+                   "fold_lock_timeout", "lock_count_shards", "fold_counts", "drop_empty_counts"},
 }
 
 

@@ -64,6 +64,23 @@ def summary(db: Database, query: dict, now: Callable[[], str] = utc_now_text) ->
     }
 
 
+FOLD_COUNTS = "fold_counts"  # a dialect whose SQL has it keeps its counts in shards (PostgreSQL)
+
+
+def fold_counts(db: Database) -> int:
+    """Fold the maintained counts' shards into one row per combination (docs/reports.md); return
+    how many combinations were folded. Writers of counts wait for it, a millisecond or so.
+    DatabaseUnavailable when a shard's lock was not free within a second."""
+    if FOLD_COUNTS not in db.queries:
+        return 0
+    with db.write() as s:
+        s.run("fold_lock_timeout")
+        s.all("lock_count_shards")
+        folded = s.run(FOLD_COUNTS)
+        s.run("drop_empty_counts")
+    return folded
+
+
 def bucket_start(moment: datetime, bucket: str) -> datetime:
     """The start of the hour or day bucket that holds `moment`."""
     moment = moment.replace(minute=0, second=0, microsecond=0)

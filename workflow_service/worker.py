@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from .db import Database
 from .errors import DatabaseUnavailable
 from .idempotency import expire
+from .reports import fold_counts
 from .states import FAILED, PROCESSED, ProcessorRegistry, decide_transition, store_transitions
 from .timeutil import utc_now_text
 
@@ -84,7 +85,7 @@ class Worker:
         return stats
 
     def cleanup(self, force: bool = False) -> None:
-        """Expire old idempotency keys, at most every `cleanup_every_seconds`."""
+        """Expire old idempotency keys and fold the counts' shards, at most every `cleanup_every_seconds`."""
         with self._cleanup_lock:
             if not force and time.monotonic() - self._last_cleanup < self.cleanup_every_seconds:
                 return
@@ -92,6 +93,13 @@ class Worker:
         removed = expire(self.db, self.idempotency_ttl_hours, now=self.now)
         if removed:
             log.info("worker.idempotency_expired", extra={"fields": {"removed": removed}})
+        try:
+            folded = fold_counts(self.db)
+        except DatabaseUnavailable:  # or a shard's lock held too long: the next cleanup tries again
+            log.warning("worker.counts_not_folded", extra={"fields": {"worker_id": self.worker_id}})
+            return
+        if folded:
+            log.info("worker.counts_folded", extra={"fields": {"combinations": folded}})
 
     def drain(self, stop: threading.Event | None = None, actor: str | None = None) -> BatchStats:
         """Process batches until none is eligible (or `stop` is set); return the totals."""

@@ -54,3 +54,26 @@ SELECT CASE WHEN GROUPING(category) = 0 THEN 'category' ELSE 'source' END AS dim
        COALESCE(category, source) AS key, status, sum(n)::bigint AS n
 FROM record_counts WHERE {filters}
 GROUP BY GROUPING SETS ((category, status), (source, status));
+
+-- name: fold_lock_timeout
+-- fold_counts waits at most a second for the shards' locks: a transaction left open after
+-- changing counts (an operator's psql session) holds its shard, and every writer would queue
+-- behind a fold that waited for it. The fold is tried again at the next cleanup.
+SET LOCAL lock_timeout = '1s';
+
+-- name: lock_count_shards
+-- Every counter shard's advisory lock (migration 0007), in shard order, for fold_counts: count
+-- changes in flight finish first, new ones wait for the fold's commit. 16 is the triggers' modulus.
+SELECT pg_advisory_xact_lock(72202, shard) FROM generate_series(0, 15) AS shard;
+
+-- name: fold_counts
+-- Fold every shard's counts into shard 0 (worker cleanup, `cleanup`): the summary and listing
+-- totals then sum one row per (category, source, status) instead of one per shard.
+WITH folded AS (DELETE FROM record_counts WHERE shard <> 0 RETURNING category, source, status, n)
+INSERT INTO record_counts (category, source, status, shard, n)
+SELECT category, source, status, 0, sum(n) FROM folded GROUP BY category, source, status
+ON CONFLICT (category, source, status, shard) DO UPDATE SET n = record_counts.n + excluded.n;
+
+-- name: drop_empty_counts
+-- After fold_counts: rows whose count is zero (every record of that combination moved on).
+DELETE FROM record_counts WHERE n = 0;
