@@ -65,17 +65,17 @@ def test_next_cursor_is_null_on_the_page_with_the_last_row(app, seeded):
     assert app.get("/records?category=none").json["next_cursor"] is None
 
 
-@pytest.mark.parametrize(("filters", "offset"), [("", 45), ("status=processed", 1000), ("category=none", 0),
-                                                ("created_after=2000-01-01T00:00:00Z", 45),
-                                                ("created_after=2999-01-01T00:00:00Z", 0)])
-def test_a_page_past_the_last_record_still_has_the_total(app, seeded, filters, offset):
-    """PostgreSQL reads a page and its total in one statement, which gives a row even for an empty page."""
+@pytest.mark.parametrize(("filters", "offset", "total"), [
+    ("", 45, 45), ("status=processed", 1000, None), ("category=none", 0, 0),
+    ("created_after=2000-01-01T00:00:00Z", 45, 45), ("created_after=2999-01-01T00:00:00Z", 0, 0)])
+def test_a_page_past_the_last_record_still_has_the_total(app, seeded, filters, offset, total):
+    """PostgreSQL reads a page and its total in one statement, which gives a row even for an empty
+    page. `total` None: some, as many as the whole listing has."""
     everything = app.get(f"/records?limit=200&{filters}").json
     page = app.get(f"/records?offset={offset}&{filters}").json
     assert page["items"] == [] and page["count"] == 0 and page["next_cursor"] is None
     assert page["total"] == everything["total"] == len(everything["items"])
-    matches_nothing = "none" in filters or "2999" in filters
-    assert (page["total"] == 0) == matches_nothing and (offset != 45 or page["total"] == 45)
+    assert page["total"] == total if total is not None else page["total"] > 0
 
 
 def test_a_page_and_its_total_come_from_one_snapshot(app, seeded, dialect, monkeypatch):
