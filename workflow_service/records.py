@@ -20,7 +20,7 @@ from .validation import parse_json_body, parse_query, read_body, validate_body
 
 MAX_LIMIT = 200
 ONE_STATEMENT_CREATE = "insert_records_with_events"  # a dialect whose SQL has it creates records in one statement
-LISTING_WITH_TOTAL = "list_records_with_total"  # ...a page and its total from the counts in one statement
+LISTING_WITH_TOTAL = "list_records_with_total"  # one with this reads a page and its counted total at once
 
 
 _encode = json.JSONEncoder(ensure_ascii=False).encode

@@ -115,8 +115,9 @@ class ProcessorRegistry:
         try:
             result = fn(payload, record)
         except TransientError as exc:
-            log.warning("processor.transient", extra={"fields": {"record_id": record["id"], "error": _message(exc)}})
-            return Outcome(PENDING, error=_message(exc), transient=True)
+            message = _message(exc)
+            log.warning("processor.transient", extra={"fields": {"record_id": record["id"], "error": message}})
+            return Outcome(PENDING, error=message, transient=True)
         except Exception as exc:  # the processor's failure is the record's failure
             log.exception("processor.error", extra={"fields": {"record_id": record["id"], "category": category}})
             return Outcome(FAILED, error=_message(exc))
