@@ -94,13 +94,12 @@ def make_settings(database_url: str, **env: str):
 
 
 def listing_sql(queries, filters: tuple[str, ...], order: str) -> str:
-    """The SQL of a listing's page for these filter and cursor (`after.*`) fragments; on
-    PostgreSQL, without a date filter, the statement that also reads the total (records.py)."""
-    if "list_records_with_total" not in queries or any(f.startswith("filter.created") for f in filters):
-        return queries.compose("list_records", filters=filters, order=order)
+    """The page statement a listing runs (`records.listing_sql`) for filter and cursor (`after.*`)
+    fragments given together."""
+    from workflow_service.records import listing_sql
+
     after = tuple(f for f in filters if f.startswith("after."))
-    filters = tuple(f for f in filters if f not in after)
-    return queries.compose("list_records_with_total", filters=filters, after=after, order=order)
+    return listing_sql(queries, tuple(f for f in filters if f not in after), after, order)[0]
 
 
 def hold_writer_gate(path) -> int:

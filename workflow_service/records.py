@@ -14,6 +14,7 @@ from .db import Database, Session
 from .errors import DatabaseUnavailable, NotFound, ValidationFailed, problem
 from .idempotency import fingerprint, idempotency_key, run_once
 from .listing import UUID_RE, csv_lines, decode_cursor, encode_cursor, filter_fragments, has_date_filter, wants_csv
+from .sqlfiles import Queries
 from .states import PENDING, PROCESSED, ProcessorRegistry, transition
 from .timeutil import utc_now_text
 from .validation import parse_json_body, parse_query, read_body, validate_body
@@ -198,24 +199,37 @@ class RecordCollection(_Ingest):
             params.update(decode_cursor(query, query["cursor"]))
             after = (f"after.{query['sort_by']}.{query['sort_order']}",)
         params.update(limit=limit + 1, offset=query["offset"])
-        if LISTING_WITH_TOTAL in self.db.queries and not has_date_filter(filters):
+        page_sql, total_sql = listing_sql(self.db.queries, filters, after, order)
+        if total_sql is None:
             with self.db.read() as s:  # one statement: the page and its total from one snapshot
-                sql = s.queries.compose(LISTING_WITH_TOTAL, filters=filters, after=after, order=order)
-                rows = s.tuples_sql(sql, params)
+                rows = s.tuples_sql(page_sql, params)
             total = rows[0][-1]
             rows = [row[:-1] for row in rows] if rows[0][0] is not None else []  # no records: one row of NULLs
         else:
-            # Without a date filter the maintained counts give the total at once.
-            counted = "count_records" if has_date_filter(filters) else "count_from_counts"
             with self.db.read(snapshot=True) as s:
-                rows = s.tuples_sql(s.queries.compose("list_records", filters=(*filters, *after), order=order), params)
-                total = s.one_sql(s.queries.compose(counted, filters=filters), params)["total"]
+                rows = s.tuples_sql(page_sql, params)
+                total = s.one_sql(total_sql, params)["total"]
         more = len(rows) > limit
         rows = rows[:limit]
         tail = _encode({"count": len(rows), "total": total, "limit": limit, "offset": query["offset"],
                         "next_cursor": encode_cursor(query, dict(zip(RECORD_COLUMNS, rows[-1], strict=True)))
                         if more else None})
         send_json(resp, '{"items": [' + ", ".join(map(record_json, rows)) + "], " + tail[1:])
+
+
+def listing_sql(queries: Queries, filters: tuple[str, ...], after: tuple[str, ...],
+                order: str) -> tuple[str, str | None]:
+    """A listing's page statement and its total's, None when the page's rows carry the total
+    (LISTING_WITH_TOTAL, when the maintained counts give the total: no date filter).
+
+    `after` is a cursor's position fragment, the page's alone.
+    """
+    dated = has_date_filter(filters)
+    if LISTING_WITH_TOTAL in queries and not dated:
+        return queries.compose(LISTING_WITH_TOTAL, filters=filters, after=after, order=order), None
+    # Without a date filter the maintained counts give the total at once.
+    return (queries.compose("list_records", filters=(*filters, *after), order=order),
+            queries.compose("count_records" if dated else "count_from_counts", filters=filters))
 
 
 def stream_csv(resp, db: Database, filters: tuple, params: dict, order: str, filename: str) -> None:
