@@ -383,3 +383,24 @@ def test_postgresql_a_fold_gives_up_after_a_second_on_a_shard_held_open(pg_serve
     finally:
         session.close()
         db.close()
+
+
+def test_postgresql_the_fold_locks_every_shard_the_triggers_use(pg_server_url):
+    """`lock_count_shards` names the shards 0-15; the count triggers pick theirs by backend pid
+    mod 16. A migration that changed one would leave a shard the fold does not lock."""
+    import re
+
+    from workflow_service.sqlfiles import load_queries
+
+    url = new_pg_schema(pg_server_url)
+    db = open_database(make_settings(url))
+    Migrator(db).up()
+    try:
+        with db.read() as s:
+            sources = [row["src"] for row in s.all_sql(
+                "SELECT prosrc AS src FROM pg_proc WHERE proname LIKE 'record_counts_track%'")]
+    finally:
+        db.close()
+    moduli = {int(m) for src in sources for m in re.findall(r"pg_backend_pid\(\)\s*%\s*(\d+)", src)}
+    locked = re.search(r"generate_series\(0,\s*(\d+)\)", load_queries("postgresql")["lock_count_shards"])
+    assert len(sources) == 3 and moduli == {int(locked.group(1)) + 1}
