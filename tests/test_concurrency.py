@@ -398,7 +398,8 @@ def test_postgresql_the_fold_locks_every_shard_the_triggers_use(pg_server_url):
     try:
         with db.read() as s:
             sources = [row["src"] for row in s.all_sql(
-                "SELECT prosrc AS src FROM pg_proc WHERE proname LIKE 'record_counts_track%'")]
+                "SELECT prosrc AS src FROM pg_proc WHERE proname LIKE 'record_counts_track%' "
+                "AND pronamespace = to_regnamespace(current_schema())")]  # this test's schema only
     finally:
         db.close()
     moduli = {int(m) for src in sources for m in re.findall(r"pg_backend_pid\(\)\s*%\s*(\d+)", src)}
