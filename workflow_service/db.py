@@ -77,26 +77,55 @@ class Session:
         self._cur.execute(text)
 
 
-class _PostgresSession(Session):
-    """psycopg's cursors (dict_row) make a new dict of each row."""
+class _Psycopg:
+    """The psycopg names used on every statement, imported once, when the first PostgresDatabase is made.
 
-    def all_sql(self, sql: str, params: dict | None = None) -> list[dict]:
-        self._cur.execute(sql, params or None)
-        return self._cur.fetchall()
+    Not at import time: a SQLite deployment never loads psycopg. Not in each function either:
+    an import statement on the hot path cost a get by id about a microsecond each.
+    """
 
-    def one_sql(self, sql: str, params: dict | None = None) -> dict | None:
-        self._cur.execute(sql, params or None)
-        return self._cur.fetchone()
-
-    def tuples_sql(self, sql: str, params: dict | None = None) -> list[tuple]:
+    def load(self) -> None:
+        import psycopg
+        from psycopg.pq import TransactionStatus
         from psycopg.rows import dict_row, tuple_row
 
-        self._cur.row_factory = tuple_row
-        try:
-            self._cur.execute(sql, params or None)
-            return self._cur.fetchall()
-        finally:
-            self._cur.row_factory = dict_row
+        self.connect, self.OperationalError, self.IsolationLevel = (psycopg.connect, psycopg.OperationalError,
+                                                                     psycopg.IsolationLevel)
+        self.dict_row, self.tuple_row, self.IDLE = dict_row, tuple_row, TransactionStatus.IDLE
+
+
+_psycopg = _Psycopg()
+
+
+class _PostgresSession(Session):
+    """psycopg's cursors (dict_row) make a new dict of each row.
+
+    `tuples_sql` switches the cursor to tuples and leaves it so: the next statement that wants
+    dicts switches it back. Switching back at once made psycopg read the column names of the
+    result just fetched, for nothing, on every get by id.
+    """
+
+    def _dicts(self):
+        cur = self._cur
+        if cur.row_factory is not _psycopg.dict_row:
+            cur.row_factory = _psycopg.dict_row
+        return cur
+
+    def all_sql(self, sql: str, params: dict | None = None) -> list[dict]:
+        cur = self._dicts()
+        cur.execute(sql, params or None)
+        return cur.fetchall()
+
+    def one_sql(self, sql: str, params: dict | None = None) -> dict | None:
+        cur = self._dicts()
+        cur.execute(sql, params or None)
+        return cur.fetchone()
+
+    def tuples_sql(self, sql: str, params: dict | None = None) -> list[tuple]:
+        cur = self._cur
+        cur.row_factory = _psycopg.tuple_row
+        cur.execute(sql, params or None)
+        return cur.fetchall()
 
     def iter_sql(self, sql: str, params: dict | None = None, size: int = 500):
         # A server-side cursor: PostgreSQL sends the rows in chunks (needs a transaction).
@@ -686,10 +715,7 @@ class ConnectionPool:
         self._slots = threading.BoundedSemaphore(max_size)
 
     def _connect(self):
-        import psycopg
-        from psycopg.rows import dict_row
-
-        return psycopg.connect(self.conninfo, autocommit=True, row_factory=dict_row)
+        return _psycopg.connect(self.conninfo, autocommit=True, row_factory=_psycopg.dict_row)
 
     def _healthy(self, conn, idle_since: float) -> bool:
         if conn.closed:
@@ -721,10 +747,8 @@ class ConnectionPool:
 
     def putconn(self, conn, broken: bool = False) -> None:
         """Give a connection back; a broken one is closed with every idle one."""
-        from psycopg.pq import TransactionStatus
-
         try:
-            if broken or conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+            if broken or conn.closed or conn.pgconn.transaction_status != _psycopg.IDLE:
                 conn.close()
                 if broken:
                     self.discard_idle()
@@ -749,6 +773,7 @@ class PostgresDatabase(Database):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
+        _psycopg.load()
         self.conninfo, self.pool_size, self.max_overflow = postgres_conninfo(
             settings.database_url, settings.db_timeout_seconds
         )
@@ -770,13 +795,10 @@ class PostgresDatabase(Database):
     def _unit(self, mode: str | None):
         """A pooled connection for one unit of work: `mode` None is autocommit (one statement),
         "write" a read-committed transaction, "snapshot" a repeatable-read, read-only one."""
-        import psycopg
-        from psycopg import IsolationLevel
-
         pool = self._get_pool()
         try:
             conn = pool.getconn()
-        except psycopg.OperationalError as exc:
+        except _psycopg.OperationalError as exc:
             log.error("postgresql.unavailable", extra={"fields": {"error": type(exc).__name__}})
             raise DatabaseUnavailable() from exc
         broken = False
@@ -785,13 +807,13 @@ class PostgresDatabase(Database):
                 if mode:
                     # psycopg's BEGIN carries these: one round trip instead of BEGIN, then SET TRANSACTION.
                     snapshot = mode == "snapshot"
-                    conn.isolation_level = IsolationLevel.REPEATABLE_READ if snapshot else None
+                    conn.isolation_level = _psycopg.IsolationLevel.REPEATABLE_READ if snapshot else None
                     conn.read_only = True if snapshot else None
                     with conn.transaction():
                         yield _PostgresSession(cur, self.queries)
                 else:
                     yield _PostgresSession(cur, self.queries)
-        except psycopg.OperationalError as exc:
+        except _psycopg.OperationalError as exc:
             broken = True
             log.error("postgresql.unavailable", extra={"fields": {"error": type(exc).__name__}})
             raise DatabaseUnavailable() from exc
