@@ -354,7 +354,7 @@ def test_postgresql_a_fold_waits_for_the_shard_locks_not_for_counter_rows(pg_ser
 def test_postgresql_a_fold_gives_up_after_a_second_on_a_shard_held_open(pg_server_url):
     """A transaction left open after changing counts (an operator's psql session) holds its shard:
     the fold waits a second, then gives up, so that writers do not queue behind it for longer;
-    the worker's cleanup goes on, and a later fold succeeds."""
+    its connection stays in the pool, the worker's cleanup goes on, and a later fold succeeds."""
     import psycopg
 
     from workflow import build_registry
@@ -371,10 +371,14 @@ def test_postgresql_a_fold_gives_up_after_a_second_on_a_shard_held_open(pg_serve
         session.execute("INSERT INTO records (id, source, category, payload, status, attempts, created_at,"
                         " updated_at, available_at) VALUES (%s, 's', 'c', '{}', 'pending', 0, now(), now(), now())",
                         (str(uuid.uuid4()),))
+        with db.read() as s:
+            backend = s.one_sql("SELECT pg_backend_pid() AS pid")["pid"]
         started = time.monotonic()
         with pytest.raises(DatabaseUnavailable):
             fold_counts(db)
         assert 0.9 < time.monotonic() - started < 10
+        with db.read() as s:  # refused a lock, not lost: the same connection serves the next unit
+            assert s.one_sql("SELECT pg_backend_pid() AS pid")["pid"] == backend
         Worker(db, build_registry(settings)).cleanup(force=True)  # logs, does not raise
         session.commit()
         fold_counts(db)

@@ -814,8 +814,12 @@ class PostgresDatabase(Database):
                 else:
                     yield _PostgresSession(cur, self.queries)
         except _psycopg.OperationalError as exc:
-            broken = True
-            log.error("postgresql.unavailable", extra={"fields": {"error": type(exc).__name__}})
+            # A server that went away (no SQLSTATE, or a lost connection's class 08 or 57P) takes the
+            # idle connections with it; a statement it refused on a live connection (a lock or
+            # statement timeout) is a 503 too, but the connection goes back to the pool.
+            broken = conn.broken or exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P"))
+            log.log(logging.ERROR if broken else logging.WARNING, "postgresql.unavailable",
+                    extra={"fields": {"error": type(exc).__name__}})
             raise DatabaseUnavailable() from exc
         finally:
             pool.putconn(conn, broken=broken or conn.broken)
