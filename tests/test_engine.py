@@ -583,3 +583,73 @@ def test_maintained_counts_follow_every_change_and_the_audit_checks_them(make_ap
     with app.app.db.write() as s:  # a counter that drifted would be found
         s.script("UPDATE record_counts SET n = n + 1 WHERE status = 'pending'")
     assert any("counted" in m for m in audit_mismatches(app.app.db))
+
+
+# A trigger refuses to store some outcomes, as a constraint or a bug might: the worker must not
+# stall its queue or stop on them. `when` is SQL on the new row.
+REFUSE_TRIGGER = {
+    "sqlite": ["CREATE TRIGGER test_refuse BEFORE UPDATE OF status ON records WHEN {when} "
+               "BEGIN SELECT RAISE(ABORT, 'refused by test_refuse'); END"],
+    "postgresql": ["CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$ BEGIN RAISE EXCEPTION 'refused by test_refuse'; END $$",
+                   "CREATE TRIGGER test_refuse BEFORE UPDATE OF status ON records FOR EACH ROW WHEN ({when}) "
+                   "EXECUTE FUNCTION test_refuse()"],
+}
+DROP_REFUSE_TRIGGER = {"sqlite": ["DROP TRIGGER test_refuse"],
+                       "postgresql": ["DROP TRIGGER test_refuse ON records", "DROP FUNCTION test_refuse()"]}
+
+
+def run_sql(db, statements: list[str]) -> None:
+    with db.write() as s:
+        for statement in statements:
+            s.script(statement)
+
+
+def labelled(payload, record):
+    return {"classification": payload["label"]}
+
+
+def test_a_record_whose_outcome_cannot_be_stored_is_failed_and_its_batch_processed(make_app, database_url, dialect):
+    """A batch that raised used to stop the worker, and every restart claimed the same batch again."""
+    app = make_app(processors={"l": labelled})
+    labels = ["a", "b", "poison", "c", "d"]
+    ids = [r["id"] for r in app.post_json("/records/batch", {"records": [
+        {"source": "s", "category": "l", "payload": {"label": label}} for label in labels]}).json["items"]]
+    db = app.app.db
+    worker = Worker(db, build_registry(make_settings(database_url), {"l": labelled}), batch_size=10)
+    run_sql(db, [sql.format(when="NEW.classification = 'poison'") for sql in REFUSE_TRIGGER[dialect]])
+    try:
+        stats = worker.run_batch()
+        assert worker.drain().claimed == 0  # nothing left behind
+    finally:
+        run_sql(db, DROP_REFUSE_TRIGGER[dialect])
+    assert (stats.claimed, stats.processed, stats.failed) == (5, 4, 1)
+    records = {label: app.get(f"/records/{rid}").json for rid, label in zip(ids, labels, strict=True)}
+    poisoned = records.pop("poison")
+    assert poisoned["status"] == "failed" and poisoned["attempts"] == 1 and poisoned["classification"] is None
+    assert poisoned["error"] == "the worker could not store this record's outcome ({})".format(
+        "IntegrityError" if dialect == "sqlite" else "RaiseException")
+    assert "refused" not in poisoned["error"]  # the database's message stays in the log
+    assert [(r["status"], r["classification"]) for r in records.values()] == [("processed", x) for x in "abcd"]
+    events = app.get(f"/records/{ids[2]}/events").json["items"]
+    assert [(e["from_status"], e["to_status"]) for e in events] == [(None, "pending"), ("pending", "failed")]
+    assert audit_mismatches(db) == []
+
+
+def test_a_batch_none_of_whose_records_can_be_stored_stops_the_worker_and_fails_none(make_app, database_url,
+                                                                                      dialect):
+    """When not even a failure can be stored, the cause is not a record's: nothing is set aside."""
+    app = make_app()
+    ids = [r["id"] for r in app.post_json("/records/batch", {"records": [
+        {"source": "s", "category": "c", "payload": {"priority": n}} for n in range(3)]}).json["items"]]
+    db = app.app.db
+    worker = Worker(db, build_registry(make_settings(database_url)), batch_size=10)
+    run_sql(db, [sql.format(when="NEW.status <> 'pending'") for sql in REFUSE_TRIGGER[dialect]])
+    try:
+        with pytest.raises(Exception, match="refused by test_refuse"):
+            worker.run_batch()
+        assert {app.get(f"/records/{rid}").json["status"] for rid in ids} == {"pending"}
+    finally:
+        run_sql(db, DROP_REFUSE_TRIGGER[dialect])
+    assert worker.drain().processed == 3
+    assert audit_mismatches(db) == []

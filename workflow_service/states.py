@@ -255,7 +255,19 @@ def decide_transition(row: dict, target: str, *, registry: ProcessorRegistry | N
     else:
         outcome, stamp = Outcome(target), now()
         available_at = stamp
-    attempt = 1 if target == PROCESSED else 0
+    return _change(row, outcome, stamp, available_at, attempt=1 if target == PROCESSED else 0, actor=actor)
+
+
+def failed_change(row: dict, error: str, *, actor: str | None, now: Callable[[], str] = utc_now_text) -> Change:
+    """An attempt that fails the pending `row` with `error`, without its processor (the worker's,
+    for a record whose processed outcome could not be stored)."""
+    return _change(row, Outcome(FAILED, error=error), now(), None, attempt=1, actor=actor)
+
+
+def _change(row: dict, outcome: Outcome, stamp: str, available_at: str | None, *, attempt: int,
+            actor: str | None) -> Change:
+    """What storing `outcome` for `row` at `stamp` writes: the record's columns and its audit event."""
+    from_status = row["status"]
     error = storable(outcome.error)
     detail = error
     if outcome.transient:

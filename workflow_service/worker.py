@@ -7,7 +7,11 @@ through the processor (`decide_transition`), store the outcomes
 (`store_transitions`: on PostgreSQL one statement for the records and one
 for their audit events), commit. A worker killed mid-batch commits nothing
 of that batch, so its records are simply claimed again: nothing is lost and
-nothing is processed twice in the database.
+nothing is processed twice in the database. A batch whose outcomes cannot be
+stored (for any reason but the database being unavailable) is rolled back and
+its records processed again one at a time; one whose outcome still cannot be
+stored is failed, naming the error's type (`worker.record_set_aside` logs the
+rest), so that it neither stalls the queue nor stops the worker.
 """
 
 from __future__ import annotations
@@ -24,7 +28,16 @@ from .db import Database
 from .errors import DatabaseUnavailable
 from .idempotency import expire
 from .reports import fold_counts
-from .states import FAILED, PROCESSED, ProcessorRegistry, decide_transition, store_transitions
+from .states import (
+    FAILED,
+    PENDING,
+    PROCESSED,
+    Change,
+    ProcessorRegistry,
+    decide_transition,
+    failed_change,
+    store_transitions,
+)
 from .timeutil import utc_now_text
 
 log = logging.getLogger("workflow.worker")
@@ -39,12 +52,30 @@ class BatchStats:
     failed: int = 0
     retried_later: int = 0
 
+    def count(self, change: Change) -> None:
+        """Count one stored transition."""
+        status = change.outcome["to_status"]
+        if status == PROCESSED:
+            self.processed += 1
+        elif status == FAILED:
+            self.failed += 1
+        else:
+            self.retried_later += 1
+
     def add(self, other: BatchStats) -> None:
         """Add another batch's figures to these."""
         self.claimed += other.claimed
         self.processed += other.processed
         self.failed += other.failed
         self.retried_later += other.retried_later
+
+
+class _BatchFailed(Exception):
+    """A claimed batch whose outcomes could not be decided or stored; its transaction was rolled back."""
+
+    def __init__(self, ids: list[str]):
+        super().__init__(f"a batch of {len(ids)} records failed")
+        self.ids = ids
 
 
 class Worker:
@@ -61,28 +92,82 @@ class Worker:
         self._cleanup_lock = threading.Lock()  # worker threads share one Worker
 
     def run_batch(self, actor: str | None = None) -> BatchStats:
-        """Claim and process one batch in one transaction."""
+        """Claim and process one batch in one transaction.
+
+        A batch that raises while its outcomes are decided or stored (for any reason but the
+        database being unavailable) is rolled back and its records are processed again one by
+        one, each in a transaction of its own: one record that cannot be stored neither holds up
+        the rest nor stops the worker, and is failed itself (`_set_aside`).
+        """
         started = time.perf_counter()
+        actor = actor or self.worker_id
+        try:
+            stats = self._claim_and_process(actor)
+        except _BatchFailed as failed:
+            log.error("worker.batch_failed", exc_info=failed.__cause__,
+                      extra={"fields": {"worker_id": actor, "claimed": len(failed.ids)}})
+            stats = self._one_by_one(failed.ids, actor)
+        if stats.claimed:
+            log.info("worker.batch", extra={"fields": {
+                "worker_id": actor, "claimed": stats.claimed, "processed": stats.processed,
+                "failed": stats.failed, "retried_later": stats.retried_later,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3)}})
+        return stats
+
+    def _claim_and_process(self, actor: str) -> BatchStats:
         stats = BatchStats()
         with self.db.write() as s:
             rows = s.all("claim_pending", {"now": self.now(), "limit": self.batch_size})
             stats.claimed = len(rows)
-            changes = [decide_transition(row, PROCESSED, registry=self.registry, actor=actor or self.worker_id,
-                                         now=self.now) for row in rows]
-            store_transitions(s, changes)
-            for change in changes:
-                if change.outcome["to_status"] == PROCESSED:
-                    stats.processed += 1
-                elif change.outcome["to_status"] == FAILED:
-                    stats.failed += 1
-                else:
-                    stats.retried_later += 1
-        if stats.claimed:
-            log.info("worker.batch", extra={"fields": {
-                "worker_id": actor or self.worker_id, "claimed": stats.claimed, "processed": stats.processed,
-                "failed": stats.failed, "retried_later": stats.retried_later,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3)}})
+            try:
+                changes = [decide_transition(row, PROCESSED, registry=self.registry, actor=actor, now=self.now)
+                           for row in rows]
+                store_transitions(s, changes)
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:  # rolled back with the transaction; run_batch takes it from here
+                raise _BatchFailed([row["id"] for row in rows]) from exc
+        for change in changes:
+            stats.count(change)
         return stats
+
+    def _one_by_one(self, ids: list[str], actor: str) -> BatchStats:
+        """Process the records of a failed batch each in its own transaction (their processors run again)."""
+        stats = BatchStats(claimed=len(ids))
+        for record_id in ids:
+            try:
+                change = self._process_one(record_id, actor)
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this record's outcome cannot be stored
+                change = self._set_aside(record_id, actor, exc)
+            if change is not None:
+                stats.count(change)
+        return stats
+
+    def _process_one(self, record_id: str, actor: str) -> Change | None:
+        with self.db.write() as s:
+            row = s.one("lock_record", {"id": record_id})
+            if row is None or row["status"] != PENDING:  # another worker or a request got to it meanwhile
+                return None
+            change = decide_transition(row, PROCESSED, registry=self.registry, actor=actor, now=self.now)
+            store_transitions(s, [change])
+        return change
+
+    def _set_aside(self, record_id: str, actor: str, exc: Exception) -> Change | None:
+        """Fail a record whose processed outcome could not be stored, naming only the error's type
+        (its message may quote SQL or values; the log has it whole). When even that cannot be
+        stored, the cause is not the record's: the exception stops the worker, as it always did."""
+        log.error("worker.record_set_aside", exc_info=exc, extra={"fields": {"worker_id": actor,
+                                                                             "record_id": record_id}})
+        with self.db.write() as s:
+            row = s.one("lock_record", {"id": record_id})
+            if row is None or row["status"] != PENDING:
+                return None
+            change = failed_change(row, f"the worker could not store this record's outcome ({type(exc).__name__})",
+                                   actor=actor, now=self.now)
+            store_transitions(s, [change])
+        return change
 
     def cleanup(self, force: bool = False) -> None:
         """Expire old idempotency keys and fold the counts' shards, at most every `cleanup_every_seconds`."""
