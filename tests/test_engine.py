@@ -653,3 +653,19 @@ def test_a_batch_none_of_whose_records_can_be_stored_stops_the_worker_and_fails_
         run_sql(db, DROP_REFUSE_TRIGGER[dialect])
     assert worker.drain().processed == 3
     assert audit_mismatches(db) == []
+
+
+def test_a_failed_batchs_record_changed_since_its_claim_is_left_as_it_is(make_app, database_url):
+    """Between the failed batch's rollback and its record's turn alone, another worker or a
+    request may have moved the record on (or made it wait for a retry): it is not touched again."""
+    app = make_app()
+    rid = app.post_json("/records", {"source": "s", "category": "c", "payload": {"priority": "x"}}).json["id"]
+    db = app.app.db
+    with db.read() as s:
+        claimed = s.one("get_record", {"id": rid})
+    assert app.post(f"/records/{rid}/process").json["status"] == "failed"
+    app.post(f"/records/{rid}/retry")  # pending again, as when the batch claimed it, but changed since
+    stats = Worker(db, build_registry(make_settings(database_url)))._one_by_one([claimed], "w")
+    assert (stats.claimed, stats.processed, stats.failed) == (1, 0, 0)
+    events = app.get(f"/records/{rid}/events").json["items"]
+    assert [e["to_status"] for e in events] == ["pending", "failed", "pending"]

@@ -30,7 +30,6 @@ from .idempotency import expire
 from .reports import fold_counts
 from .states import (
     FAILED,
-    PENDING,
     PROCESSED,
     Change,
     ProcessorRegistry,
@@ -73,9 +72,9 @@ class BatchStats:
 class _BatchFailed(Exception):
     """A claimed batch whose outcomes could not be decided or stored; its transaction was rolled back."""
 
-    def __init__(self, ids: list[str]):
-        super().__init__(f"a batch of {len(ids)} records failed")
-        self.ids = ids
+    def __init__(self, rows: list[dict]):
+        super().__init__(f"a batch of {len(rows)} records failed")
+        self.rows = rows
 
 
 class Worker:
@@ -105,8 +104,8 @@ class Worker:
             stats = self._claim_and_process(actor)
         except _BatchFailed as failed:
             log.error("worker.batch_failed", exc_info=failed.__cause__,
-                      extra={"fields": {"worker_id": actor, "claimed": len(failed.ids)}})
-            stats = self._one_by_one(failed.ids, actor)
+                      extra={"fields": {"worker_id": actor, "claimed": len(failed.rows)}})
+            stats = self._one_by_one(failed.rows, actor)
         if stats.claimed:
             log.info("worker.batch", extra={"fields": {
                 "worker_id": actor, "claimed": stats.claimed, "processed": stats.processed,
@@ -126,43 +125,48 @@ class Worker:
             except DatabaseUnavailable:
                 raise
             except Exception as exc:  # rolled back with the transaction; run_batch takes it from here
-                raise _BatchFailed([row["id"] for row in rows]) from exc
+                raise _BatchFailed(rows) from exc
         for change in changes:
             stats.count(change)
         return stats
 
-    def _one_by_one(self, ids: list[str], actor: str) -> BatchStats:
+    def _one_by_one(self, claimed: list[dict], actor: str) -> BatchStats:
         """Process the records of a failed batch each in its own transaction (their processors run again)."""
-        stats = BatchStats(claimed=len(ids))
-        for record_id in ids:
+        stats = BatchStats(claimed=len(claimed))
+        for row in claimed:
             try:
-                change = self._process_one(record_id, actor)
+                change = self._process_one(row, actor)
             except DatabaseUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - this record's outcome cannot be stored
-                change = self._set_aside(record_id, actor, exc)
+                change = self._set_aside(row, actor, exc)
             if change is not None:
                 stats.count(change)
         return stats
 
-    def _process_one(self, record_id: str, actor: str) -> Change | None:
+    def _locked_if_unchanged(self, s, claimed: dict) -> dict | None:
+        """The claimed record, locked, unless another worker or a request changed it since the claim."""
+        row = s.one("lock_record", {"id": claimed["id"]})
+        return row if row is not None and row["updated_at"] == claimed["updated_at"] else None
+
+    def _process_one(self, claimed: dict, actor: str) -> Change | None:
         with self.db.write() as s:
-            row = s.one("lock_record", {"id": record_id})
-            if row is None or row["status"] != PENDING:  # another worker or a request got to it meanwhile
+            row = self._locked_if_unchanged(s, claimed)
+            if row is None:
                 return None
             change = decide_transition(row, PROCESSED, registry=self.registry, actor=actor, now=self.now)
             store_transitions(s, [change])
         return change
 
-    def _set_aside(self, record_id: str, actor: str, exc: Exception) -> Change | None:
+    def _set_aside(self, claimed: dict, actor: str, exc: Exception) -> Change | None:
         """Fail a record whose processed outcome could not be stored, naming only the error's type
         (its message may quote SQL or values; the log has it whole). When even that cannot be
         stored, the cause is not the record's: the exception stops the worker, as it always did."""
         log.error("worker.record_set_aside", exc_info=exc, extra={"fields": {"worker_id": actor,
-                                                                             "record_id": record_id}})
+                                                                             "record_id": claimed["id"]}})
         with self.db.write() as s:
-            row = s.one("lock_record", {"id": record_id})
-            if row is None or row["status"] != PENDING:
+            row = self._locked_if_unchanged(s, claimed)
+            if row is None:
                 return None
             change = failed_change(row, f"the worker could not store this record's outcome ({type(exc).__name__})",
                                    actor=actor, now=self.now)
