@@ -582,7 +582,11 @@ def test_maintained_counts_follow_every_change_and_the_audit_checks_them(make_ap
     assert app.get("/records?status=failed").json["total"] == sum(r["n"] for r in truth if r["status"] == "failed")
     with app.app.db.write() as s:  # a counter that drifted would be found
         s.script("UPDATE record_counts SET n = n + 1 WHERE status = 'pending'")
-    assert any("counted" in m for m in audit_mismatches(app.app.db))
+    try:
+        assert any("counted" in m for m in audit_mismatches(app.app.db))
+    finally:  # the module's later tests share the database and audit it
+        with app.app.db.write() as s:
+            s.script("UPDATE record_counts SET n = n - 1 WHERE status = 'pending'")
 
 
 # A trigger refuses to store some outcomes, as a constraint or a bug might: the worker must not
