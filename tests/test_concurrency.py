@@ -136,6 +136,9 @@ def test_worker_processes_drain_5000_records_exactly_once(fresh_url, inspect, tm
     assert sum(b["claimed"] for b in batches) == 5000
     assert audit_mismatches(inspect.app.db) == []
     assert all({"claimed", "processed", "failed", "duration_ms"} <= set(b) for b in batches)
+    if fresh_url.startswith("postgresql"):  # each `--once` folds the counts' shards after its drain
+        with inspect.app.db.read() as s:
+            assert s.all_sql("SELECT DISTINCT shard FROM record_counts") == [{"shard": 0}]
 
 
 def test_worker_killed_mid_batch_loses_and_repeats_nothing(fresh_url, inspect, tmp_path):

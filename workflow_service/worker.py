@@ -233,7 +233,8 @@ def run_workers(worker: Worker, *, concurrency: int, once: bool, poll_interval: 
         finally:
             worker.db.release_thread()
 
-    worker.cleanup(force=True)
+    if not once:
+        worker.cleanup(force=True)
     threads = [threading.Thread(target=loop, args=(i,), name=f"worker-{i}") for i in range(concurrency)]
     for t in threads:
         t.start()
@@ -241,6 +242,8 @@ def run_workers(worker: Worker, *, concurrency: int, once: bool, poll_interval: 
         t.join()
     if errors:
         raise errors[0]
+    if once:  # after the drain, so that the counts it changed are folded too
+        worker.cleanup(force=True)
     result = BatchStats()
     for stats in totals:
         result.add(stats)
