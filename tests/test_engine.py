@@ -631,7 +631,7 @@ def test_a_record_whose_outcome_cannot_be_stored_is_failed_and_its_batch_process
     records = {label: app.get(f"/records/{rid}").json for rid, label in zip(ids, labels, strict=True)}
     poisoned = records.pop("poison")
     assert poisoned["status"] == "failed" and poisoned["attempts"] == 1 and poisoned["classification"] is None
-    assert poisoned["error"] == "the worker could not store this record's outcome ({})".format(
+    assert poisoned["error"] == "the worker could not process this record ({})".format(
         "IntegrityError" if dialect == "sqlite" else "RaiseException")
     assert "refused" not in poisoned["error"]  # the database's message stays in the log
     assert [(r["status"], r["classification"]) for r in records.values()] == [("processed", x) for x in "abcd"]
@@ -673,3 +673,24 @@ def test_a_failed_batchs_record_changed_since_its_claim_is_left_as_it_is(make_ap
     assert (stats.claimed, stats.processed, stats.failed) == (1, 0, 0)
     events = app.get(f"/records/{rid}/events").json["items"]
     assert [e["to_status"] for e in events] == ["pending", "failed", "pending"]
+
+
+def test_sqlite_a_payload_another_program_wrote_that_is_not_json_fails_its_record_only(tmp_path):
+    """SQLite keeps a payload as text: a program other than this service can write one that is
+    not JSON. (PostgreSQL's json column refuses it.)"""
+    app = create_app(make_settings(f"sqlite:///{tmp_path / 'w.db'}"))
+    Migrator(app.db).up()
+    try:
+        client = TestApp(app)
+        ids = [r["id"] for r in client.post_json("/records/batch", {"records": [
+            {"source": "s", "category": "c", "payload": {"priority": n}} for n in range(3)]}).json["items"]]
+        with app.db.write() as s:
+            s.script(f"UPDATE records SET payload = '{{not json' WHERE id = '{ids[1]}'")
+        stats = Worker(app.db, build_registry(app.settings)).run_batch()
+        assert (stats.claimed, stats.processed, stats.failed) == (3, 2, 1)
+        broken = client.get(f"/records/{ids[1]}/events").json["items"][-1]
+        assert (broken["to_status"], broken["detail"]) == (
+            "failed", "the worker could not process this record (JSONDecodeError)")
+        assert audit_mismatches(app.db) == []
+    finally:
+        app.db.close()

@@ -159,7 +159,7 @@ class Worker:
         return change
 
     def _set_aside(self, claimed: dict, actor: str, exc: Exception) -> Change | None:
-        """Fail a record whose processed outcome could not be stored, naming only the error's type
+        """Fail a record that could not be processed or stored alone, naming only the error's type
         (its message may quote SQL or values; the log has it whole). When even that cannot be
         stored, the cause is not the record's: the exception stops the worker, as it always did."""
         log.error("worker.record_set_aside", exc_info=exc, extra={"fields": {"worker_id": actor,
@@ -168,7 +168,7 @@ class Worker:
             row = self._locked_if_unchanged(s, claimed)
             if row is None:
                 return None
-            change = failed_change(row, f"the worker could not store this record's outcome ({type(exc).__name__})",
+            change = failed_change(row, f"the worker could not process this record ({type(exc).__name__})",
                                    actor=actor, now=self.now)
             store_transitions(s, [change])
         return change
