@@ -14,10 +14,11 @@ from webtest import TestApp
 from workflow import TransientError, build_registry, create_app
 from workflow_service.config import ConfigError
 from workflow_service.db import Session, open_database
+from workflow_service.errors import DatabaseUnavailable
 from workflow_service.migrations import Migrator
 from workflow_service.states import PROCESSED, ProcessorRegistry, transition
 from workflow_service.timeutil import later, to_text, utc_now_text
-from workflow_service.worker import Worker
+from workflow_service.worker import Worker, run_workers
 
 
 class Clock:
@@ -694,3 +695,40 @@ def test_sqlite_a_payload_another_program_wrote_that_is_not_json_fails_its_recor
         assert audit_mismatches(app.db) == []
     finally:
         app.db.close()
+
+
+def test_a_continuous_worker_rides_out_a_database_unavailable_at_its_start(make_app, database_url, monkeypatch):
+    """`worker` without `--once` survives outages; one at its very start (its first cleanup) made
+    it exit with "database unavailable" instead of waiting for the database."""
+    import workflow_service.worker as worker_module
+
+    real_expire, attempts = worker_module.expire, []
+
+    def unavailable_once(*args, **kwargs):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise DatabaseUnavailable()
+        return real_expire(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "expire", unavailable_once)
+    app = make_app()
+    rid = app.post_json("/records", {"source": "s", "category": "c", "payload": {"priority": 9}}).json["id"]
+    processed, stop = threading.Event(), threading.Event()
+
+    class Observed(Worker):
+        def run_batch(self, actor=None):
+            stats = super().run_batch(actor)
+            if stats.processed:
+                processed.set()
+            return stats
+
+    worker = Observed(app.app.db, build_registry(make_settings(database_url)), cleanup_every_seconds=0)
+    thread = threading.Thread(target=run_workers, args=(worker,),
+                              kwargs={"concurrency": 1, "once": False, "poll_interval": 0.01, "stop": stop})
+    thread.start()
+    try:
+        assert processed.wait(10), "the worker stopped at the unavailable database"
+    finally:
+        stop.set()
+        thread.join(10)
+    assert app.get(f"/records/{rid}").json["status"] == "processed" and len(attempts) >= 2

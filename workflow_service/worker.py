@@ -233,8 +233,6 @@ def run_workers(worker: Worker, *, concurrency: int, once: bool, poll_interval: 
         finally:
             worker.db.release_thread()
 
-    if not once:
-        worker.cleanup(force=True)
     threads = [threading.Thread(target=loop, args=(i,), name=f"worker-{i}") for i in range(concurrency)]
     for t in threads:
         t.start()
@@ -242,7 +240,9 @@ def run_workers(worker: Worker, *, concurrency: int, once: bool, poll_interval: 
         t.join()
     if errors:
         raise errors[0]
-    if once:  # after the drain, so that the counts it changed are folded too
+    # A continuous worker cleans up in its loop (run_forever), where a database that is not there
+    # yet is waited for; `--once` does it after its drain, so that the counts it changed are folded.
+    if once:
         worker.cleanup(force=True)
     result = BatchStats()
     for stats in totals:
