@@ -732,3 +732,29 @@ def test_a_continuous_worker_rides_out_a_database_unavailable_at_its_start(make_
         stop.set()
         thread.join(10)
     assert app.get(f"/records/{rid}").json["status"] == "processed" and len(attempts) >= 2
+
+
+def test_a_database_lost_in_the_middle_of_a_batch_is_an_outage_not_a_failed_batch(make_app, database_url,
+                                                                                   dialect, monkeypatch):
+    """The database layer turns a lost connection into DatabaseUnavailable, which the worker waits
+    out; it must not be taken for a batch that cannot be stored and retried record by record."""
+    import sqlite3
+
+    import psycopg
+
+    import workflow_service.worker as worker_module
+
+    app = make_app()
+    ids = [r["id"] for r in app.post_json("/records/batch", {"records": [
+        {"source": "s", "category": "c", "payload": {"priority": n}} for n in range(3)]}).json["items"]]
+    stores = []
+
+    def connection_lost(s, changes):
+        stores.append(len(changes))
+        raise (sqlite3.OperationalError if dialect == "sqlite" else psycopg.OperationalError)("connection lost")
+
+    monkeypatch.setattr(worker_module, "store_transitions", connection_lost)
+    with pytest.raises(DatabaseUnavailable):
+        Worker(app.app.db, build_registry(make_settings(database_url))).run_batch()
+    assert stores == [3]  # one try for the batch, none record by record
+    assert {app.get(f"/records/{rid}").json["status"] for rid in ids} == {"pending"}

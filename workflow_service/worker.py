@@ -114,18 +114,20 @@ class Worker:
         return stats
 
     def _claim_and_process(self, actor: str) -> BatchStats:
-        stats = BatchStats()
-        with self.db.write() as s:
-            rows = s.all("claim_pending", {"now": self.now(), "limit": self.batch_size})
-            stats.claimed = len(rows)
-            try:
+        stats, rows = BatchStats(), []
+        try:
+            with self.db.write() as s:
+                rows = s.all("claim_pending", {"now": self.now(), "limit": self.batch_size})
+                stats.claimed = len(rows)
                 changes = [decide_transition(row, PROCESSED, registry=self.registry, actor=actor, now=self.now)
                            for row in rows]
                 store_transitions(s, changes)
-            except DatabaseUnavailable:
+        except DatabaseUnavailable:  # a lost connection, a lock timeout: the records wait, as in an outage
+            raise
+        except Exception as exc:  # rolled back with the transaction; run_batch takes it from here
+            if not rows:  # the claim itself failed: no record's doing
                 raise
-            except Exception as exc:  # rolled back with the transaction; run_batch takes it from here
-                raise _BatchFailed(rows) from exc
+            raise _BatchFailed(rows) from exc
         for change in changes:
             stats.count(change)
         return stats
