@@ -95,8 +95,8 @@ class Worker:
 
         A batch that raises while its outcomes are decided or stored (for any reason but the
         database being unavailable) is rolled back and its records are processed again one by
-        one, each in a transaction of its own: one record that cannot be stored neither holds up
-        the rest nor stops the worker, and is failed itself (`_set_aside`).
+        one, each in a transaction of its own: a record that cannot be processed or stored
+        neither holds up the rest nor stops the worker, and is failed itself (`_set_aside`).
         """
         started = time.perf_counter()
         actor = actor or self.worker_id
@@ -140,7 +140,7 @@ class Worker:
                 change = self._process_one(row, actor)
             except DatabaseUnavailable:
                 raise
-            except Exception as exc:  # noqa: BLE001 - this record's outcome cannot be stored
+            except Exception as exc:  # noqa: BLE001 - this record cannot be processed or stored alone
                 change = self._set_aside(row, actor, exc)
             if change is not None:
                 stats.count(change)
