@@ -260,7 +260,7 @@ def decide_transition(row: dict, target: str, *, registry: ProcessorRegistry | N
 
 def failed_change(row: dict, error: str, *, actor: str | None, now: Callable[[], str] = utc_now_text) -> Change:
     """An attempt that fails the pending `row` with `error`, without its processor (the worker's,
-    for a record whose processed outcome could not be stored)."""
+    for a record that could not be processed or stored)."""
     return _change(row, Outcome(FAILED, error=error), now(), None, attempt=1, actor=actor)
 
 

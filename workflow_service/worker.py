@@ -137,7 +137,8 @@ class Worker:
         stats = BatchStats(claimed=len(claimed))
         for row in claimed:
             try:
-                change = self._process_one(row, actor)
+                change = self._alone(row, lambda locked: decide_transition(
+                    locked, PROCESSED, registry=self.registry, actor=actor, now=self.now))
             except DatabaseUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - this record cannot be processed or stored alone
@@ -146,17 +147,14 @@ class Worker:
                 stats.count(change)
         return stats
 
-    def _locked_if_unchanged(self, s, claimed: dict) -> dict | None:
-        """The claimed record, locked, unless another worker or a request changed it since the claim."""
-        row = s.one("lock_record", {"id": claimed["id"]})
-        return row if row is not None and row["updated_at"] == claimed["updated_at"] else None
-
-    def _process_one(self, claimed: dict, actor: str) -> Change | None:
+    def _alone(self, claimed: dict, decide: Callable[[dict], Change]) -> Change | None:
+        """Store `decide(row)` for a claimed record in a transaction of its own; None, writing
+        nothing, when another worker or a request changed the record since the claim."""
         with self.db.write() as s:
-            row = self._locked_if_unchanged(s, claimed)
-            if row is None:
+            row = s.one("lock_record", {"id": claimed["id"]})
+            if row is None or row["updated_at"] != claimed["updated_at"]:
                 return None
-            change = decide_transition(row, PROCESSED, registry=self.registry, actor=actor, now=self.now)
+            change = decide(row)
             store_transitions(s, [change])
         return change
 
@@ -166,14 +164,8 @@ class Worker:
         stored, the cause is not the record's: the exception stops the worker, as it always did."""
         log.error("worker.record_set_aside", exc_info=exc, extra={"fields": {"worker_id": actor,
                                                                              "record_id": claimed["id"]}})
-        with self.db.write() as s:
-            row = self._locked_if_unchanged(s, claimed)
-            if row is None:
-                return None
-            change = failed_change(row, f"the worker could not process this record ({type(exc).__name__})",
-                                   actor=actor, now=self.now)
-            store_transitions(s, [change])
-        return change
+        error = f"the worker could not process this record ({type(exc).__name__})"
+        return self._alone(claimed, lambda locked: failed_change(locked, error, actor=actor, now=self.now))
 
     def cleanup(self, force: bool = False) -> None:
         """Expire old idempotency keys and fold the counts' shards, at most every `cleanup_every_seconds`."""
