@@ -175,19 +175,25 @@ class Server:
     def log_size(self) -> int:
         return self.log.stat().st_size
 
-    def status_counts(self, start: int, path: str) -> dict[str, int]:
-        """Status codes of the service's `request.end` log lines since offset `start` whose path matches."""
-        counts: dict[str, int] = {}
-        time.sleep(0.3)  # let the last in-flight requests log
-        pattern = rb'"event": "request.end".*"path": "' + path.encode() \
-            + rb'".*"status_code": (\d+)'
-        with open(self.log, "rb") as fh:
-            fh.seek(start)
-            for line in fh:
-                match = re.search(pattern, line)
-                if match:
-                    counts[match.group(1).decode()] = counts.get(match.group(1).decode(), 0) + 1
-        return counts
+    def status_counts(self, start: int, path: str, answered: int) -> dict[str, int]:
+        """Status codes of the service's `request.end` log lines since offset `start` whose path matches.
+
+        wrk counted `answered` responses; the workers write their lines a few at a time, so the file is
+        read again until it holds that many (5 s at most: a response wrk cut off may never be logged).
+        """
+        pattern = re.compile(rb'"event": "request.end".*"path": "' + path.encode() + rb'".*"status_code": (\d+)')
+        deadline = time.monotonic() + 5.0
+        while True:
+            counts: dict[str, int] = {}
+            with open(self.log, "rb") as fh:
+                fh.seek(start)
+                for line in fh:
+                    match = pattern.search(line)
+                    if match:
+                        counts[match.group(1).decode()] = counts.get(match.group(1).decode(), 0) + 1
+            if sum(counts.values()) >= answered or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -470,7 +476,7 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
                     res = run_wrk(srv.base + paths.get(key, ""), script, args)
                     if who == "svc":
                         res["statuses"] = srv.status_counts(
-                            start, PATTERNS.get(key) or re.escape(paths[key].split("?")[0]))
+                            start, PATTERNS.get(key) or re.escape(paths[key].split("?")[0]), res["requests"])
                     res["worker_peak_mib"] = srv.worker_peaks_mib()
                     row.setdefault(who + "_runs", []).append(res)
                     log(f"{kind} {label:<20} {srv.name:<8} run {rep + 1}: {res['rps']:>8} req/s "
