@@ -329,19 +329,18 @@ def main() -> int:
     if not shutil.which("wrk"):
         sys.stderr.write("hotspots: wrk is not installed; install it with `apt-get install -y wrk` (as root)\n")
         return 2
+    kinds = [d.strip() for d in args.databases.split(",") if d.strip()]
+    if set(kinds) - {"sqlite", "postgresql"}:
+        sys.stderr.write(f"hotspots: unknown databases {sorted(set(kinds) - {'sqlite', 'postgresql'})}\n")
+        return 2
     raw_dir = ROOT / "bench" / "results" / time.strftime("hotspots-%Y%m%d-%H%M%S")
     raw_dir.mkdir(parents=True)
-    results = []
     with tempfile.TemporaryDirectory(prefix="wf-hotspots-") as tmp:
-        for kind in [d.strip() for d in args.databases.split(",") if d.strip()]:
-            if kind not in ("sqlite", "postgresql"):
-                sys.stderr.write(f"hotspots: unknown database {kind!r}\n")
-                return 2
-            results.append(profile_database(kind, args, Path(tmp), raw_dir))
+        results = [profile_database(kind, args, Path(tmp), raw_dir) for kind in kinds]
     md = render(results, args)
     print(md)
     (raw_dir / "summary.json").write_text(json.dumps(results, indent=1))
-    run.write_section(ROOT / args.output, "profiles", "## Profiles under load", md)
+    run.write_section(ROOT / args.output, "profiles", "## Where the workers' time goes (`bench/hotspots.py`)", md)
     run.log(f"wrote {args.output} and {raw_dir.relative_to(ROOT)}/")
     return 0
 
