@@ -5,7 +5,7 @@
         [--peer ../shared/peers/fastapi_ref] [--output docs/benchmarks.md]
 
 Per database: a throw-away SQLite file or PostgreSQL database seeded as bench/run.py seeds it
-(N records through POST /records/batch, about half processed by `workflow worker --once`), the
+(run.seed_and_process: N records through POST /records/batch, half of them processed), the
 service under gunicorn (2 workers, `workflow serve`'s settings) and, for `ceiling_get`, the
 ceiling app (bench/ceiling_app.py) under the same settings, and with --peer the FastAPI peer
 (uvicorn, 2 workers) on a copy of the rows, as bench/run.py runs them. For each scenario wrk runs 8
@@ -207,13 +207,7 @@ def profile_database(kind: str, args, tmp: Path, raw_dir: Path) -> dict:
         servers["svc"] = run.Server("service", [sys.executable, "-m", "workflow", "serve", "--host", run.HOST,
                                                 "--port", str(port), "--workers", "2"], env, ROOT, logs, port,
                                     "/health")
-        run.seed(servers["svc"].base, args.records // 2, rng)
-        subprocess.run([sys.executable, "-m", "workflow", "worker", "--once", "--batch-size", "500",
-                        "--concurrency", "2"], env=env, cwd=ROOT, check=True, capture_output=True, timeout=1800)
-        run.seed(servers["svc"].base, args.records - args.records // 2, rng)
-        subprocess.run([sys.executable, "-m", "workflow", "cleanup"], env=env, cwd=ROOT, check=True,
-                       capture_output=True, timeout=300)
-        run.analyze(url)
+        run.seed_and_process(servers["svc"].base, env, url, args.records, rng).check_returncode()
         ids = [str(r[0]) for r in run.query(url, "SELECT id FROM records")]
         ids_file = tmp / f"ids-{kind}.txt"
         ids_file.write_text("\n".join(ids) + "\n")
@@ -229,16 +223,7 @@ def profile_database(kind: str, args, tmp: Path, raw_dir: Path) -> dict:
                                                      "--bind", f"{run.HOST}:{port}", *options],
                                          dict(env, CEILING_DATABASE_URL=url), ROOT, logs, port, "/records/" + ids[0])
         if args.peer and args.scenarios & {"peer_get", "peer_create"}:
-            venv = run.ensure_peer_venv(args.peer)
-            penv = dict(env, DATABASE_URL=peer_url)
-            subprocess.run([str(venv / "bin/python"), str(args.peer / "app.py"), "initdb"], env=penv, cwd=tmp,
-                           check=True, capture_output=True, timeout=120)
-            run.copy_to_peer(url, peer_url)
-            run.analyze(peer_url)
-            port = run.free_port()
-            servers["peer"] = run.Server("peer", [str(venv / "bin/uvicorn"), "--app-dir", str(args.peer), "app:app",
-                                                  "--host", run.HOST, "--port", str(port), "--workers", "2"],
-                                         penv, tmp, logs, port, "/health")
+            servers["peer"] = run.start_peer(args.peer, env, url, peer_url, tmp, logs)
         scripts = {"plain": run.lua(tmp, f"{kind}-plain", ""),
                    "get": run.lua(tmp, f"{kind}-get", run.GET_LUA % {"file": ids_file}),
                    "create": run.post_script(tmp, f"{kind}-create", "/records",
@@ -305,7 +290,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--databases", default="sqlite,postgresql")
     ap.add_argument("--records", type=int, default=100_000)
-    ap.add_argument("--seconds", type=int, default=10, help="sampling time per scenario (default 8)")
+    ap.add_argument("--seconds", type=int, default=10, help="sampling time per scenario (default 10)")
     ap.add_argument("--rate", type=int, default=100, help="samples a second per worker (default 100)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ", ".join(SCENARIOS))
     ap.add_argument("--peer", help="path of the FastAPI peer, for the peer_* scenarios (relative to the repository "

@@ -261,6 +261,34 @@ PEER_COLUMNS = "id, source, category, payload, status, result, classification, s
                "created_at, updated_at, processed_at"
 
 
+def seed_and_process(base: str, env: dict, url: str, n: int, rng: random.Random) -> subprocess.CompletedProcess:
+    """The benchmark's data: n // 2 records through the batch endpoint, processed by `worker --once`
+    (about 5 % fail: see make_record), then the rest, left pending; the counts folded and the
+    planner's statistics gathered. Returns the worker's run."""
+    seed(base, n // 2, rng)
+    worker = subprocess.run([sys.executable, "-m", "workflow", "worker", "--once", "--batch-size", "500",
+                             "--concurrency", "2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    seed(base, n - n // 2, rng)
+    # As a running worker does every 5 minutes: fold the counts' shards (docs/reports.md).
+    subprocess.run([sys.executable, "-m", "workflow", "cleanup"], env=env, cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)
+    analyze(url)
+    return worker
+
+
+def start_peer(peer: Path, env: dict, svc_url: str, peer_url: str, tmp: Path, logs: Path) -> Server:
+    """The FastAPI peer under uvicorn (2 workers) on a copy of the service's rows in its own schema."""
+    venv = ensure_peer_venv(peer)
+    penv = dict(env, DATABASE_URL=peer_url)
+    subprocess.run([str(venv / "bin/python"), str(peer / "app.py"), "initdb"], env=penv, cwd=tmp,
+                   check=True, capture_output=True, timeout=120)
+    copy_to_peer(svc_url, peer_url)
+    analyze(peer_url)
+    port = free_port()
+    return Server("peer", [str(venv / "bin/uvicorn"), "--app-dir", str(peer), "app:app", "--host", HOST,
+                           "--port", str(port), "--workers", "2"], penv, tmp, logs, port, "/health")
+
+
 def copy_to_peer(src: str, dst: str) -> None:
     """Copy the service's seeded rows into the peer's `records` table (its own schema)."""
     if src.startswith("sqlite:///"):
@@ -387,15 +415,7 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
         servers["svc"] = Server("service", [sys.executable, "-m", "workflow", "serve", "--host", HOST, "--port",
                                             str(port), "--workers", "2"], env, ROOT, logs, port, "/health")
         t0 = time.monotonic()
-        seed(servers["svc"].base, n // 2, rng)
-        worker = subprocess.run([sys.executable, "-m", "workflow", "worker", "--once", "--batch-size", "500",
-                                 "--concurrency", "2"], env=env, cwd=ROOT, capture_output=True, text=True,
-                                timeout=1800)
-        seed(servers["svc"].base, n - n // 2, rng)
-        # As a running worker does every 5 minutes: fold the counts' shards (docs/reports.md).
-        subprocess.run([sys.executable, "-m", "workflow", "cleanup"], env=env, cwd=ROOT, check=True,
-                       capture_output=True, timeout=300)
-        analyze(svc_url)
+        worker = seed_and_process(servers["svc"].base, env, svc_url, n, rng)
         results["seed_seconds"] = round(time.monotonic() - t0, 1)
         results["seed_peak_mib"] = servers["svc"].worker_peaks_mib()  # 1,000-record batches
         servers["svc"].reset_worker_peaks()
@@ -420,16 +440,7 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
         servers["ceil_sync"] = Server("ceil-sync", [*ceiling, "--bind", f"{HOST}:{port}"], cenv, ROOT, logs, port,
                                       "/records/" + ids[0])
         if peer:
-            venv = ensure_peer_venv(peer)
-            penv = dict(env, DATABASE_URL=peer_url)
-            subprocess.run([str(venv / "bin/python"), str(peer / "app.py"), "initdb"], env=penv, cwd=tmp,
-                           check=True, capture_output=True, timeout=120)
-            copy_to_peer(svc_url, peer_url)
-            analyze(peer_url)
-            port = free_port()
-            servers["peer"] = Server("peer", [str(venv / "bin/uvicorn"), "--app-dir", str(peer), "app:app",
-                                              "--host", HOST, "--port", str(port), "--workers", "2"],
-                                     penv, tmp, logs, port, "/health")
+            servers["peer"] = start_peer(peer, env, svc_url, peer_url, tmp, logs)
 
         base = servers["svc"].base
         offset = int(n * 0.9)
