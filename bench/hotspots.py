@@ -149,7 +149,7 @@ def postgres_pids() -> set[int]:
 
 
 def profile_scenario(srv: run.Server, kind: str, key: str, script: Path, path: str, args, raw_file: Path) -> dict:
-    pids = {int(proc.name) for proc in srv._workers()}
+    pids = srv.worker_pids()
     plain = run.run_wrk(srv.base + path, script, argparse.Namespace(threads=1, connections=8, duration=args.seconds))
     wrk = subprocess.Popen(["wrk", "-t1", "-c8", f"-d{args.seconds + 2}s", "--timeout", "30s", "--latency",
                             "-s", str(script), srv.base + path], stdout=subprocess.PIPE, text=True)
@@ -196,32 +196,20 @@ def profile_database(kind: str, args, tmp: Path, raw_dir: Path) -> dict:
         for name in pg_names:
             run.pg_admin(f'CREATE DATABASE "{name}"')
         url, peer_url = run.pg_url(pg_names[0]), run.pg_url(pg_names[1])
-    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "APP_ENV", "WEB_CONCURRENCY")}
-    env.update(DATABASE_URL=url, API_KEY="", APP_ENV="", LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+    env = run.service_env(url)
     logs = tmp / kind
     logs.mkdir()
     servers: dict[str, run.Server] = {}
     results = {"database": kind, "records": args.records, "scenarios": []}
     try:
-        port = run.free_port()
-        servers["svc"] = run.Server("service", [sys.executable, "-m", "workflow", "serve", "--host", run.HOST,
-                                                "--port", str(port), "--workers", "2"], env, ROOT, logs, port,
-                                    "/health")
+        servers["svc"] = run.start_service(env, logs)
         run.seed_and_process(servers["svc"].base, env, url, args.records, rng).check_returncode()
         ids = [str(r[0]) for r in run.query(url, "SELECT id FROM records")]
         ids_file = tmp / f"ids-{kind}.txt"
         ids_file.write_text("\n".join(ids) + "\n")
         run.log(f"{kind}: seeded {len(ids)} records")
         if "ceiling_get" in args.scenarios:
-            sys.path.insert(0, str(ROOT))
-            import workflow
-
-            options = workflow.worker_options(workflow.build_parser().parse_args(["serve"]))
-            port = run.free_port()
-            servers["ceil"] = run.Server("ceiling", [sys.executable, "-m", "gunicorn", "ceiling_app:app", "--chdir",
-                                                     str(ROOT / "bench"), "--workers", "2", "--log-level", "warning",
-                                                     "--bind", f"{run.HOST}:{port}", *options],
-                                         dict(env, CEILING_DATABASE_URL=url), ROOT, logs, port, "/records/" + ids[0])
+            servers["ceil"] = run.start_ceiling("ceiling", env, url, logs, ids[0])
         if args.peer and args.scenarios & {"peer_get", "peer_create"}:
             servers["peer"] = run.start_peer(args.peer, env, url, peer_url, tmp, logs)
         scripts = {"plain": run.lua(tmp, f"{kind}-plain", ""),

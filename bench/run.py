@@ -151,6 +151,9 @@ class Server:
             except (OSError, IndexError, ValueError):
                 continue
 
+    def worker_pids(self) -> set[int]:
+        return {int(proc.name) for proc in self._workers()}
+
     def worker_peaks_mib(self) -> list[float]:
         """VmHWM of each worker, in MiB."""
         peaks = []
@@ -183,17 +186,20 @@ class Server:
         """
         pattern = re.compile(rb'"event": "request.end".*"path": "' + path.encode() + rb'".*"status_code": (\d+)')
         deadline = time.monotonic() + 5.0
-        while True:
-            counts: dict[str, int] = {}
-            with open(self.log, "rb") as fh:
-                fh.seek(start)
-                for line in fh:
+        counts: dict[str, int] = {}
+        with open(self.log, "rb") as fh:
+            fh.seek(start)
+            while True:
+                for line in iter(fh.readline, b""):
+                    if not line.endswith(b"\n"):  # a line still being written: read it whole next time
+                        fh.seek(-len(line), os.SEEK_CUR)
+                        break
                     match = pattern.search(line)
                     if match:
                         counts[match.group(1).decode()] = counts.get(match.group(1).decode(), 0) + 1
-            if sum(counts.values()) >= answered or time.monotonic() > deadline:
-                return counts
-            time.sleep(0.02)
+                if sum(counts.values()) >= answered or time.monotonic() > deadline:
+                    return counts
+                time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -274,6 +280,35 @@ def seed_and_process(base: str, env: dict, url: str, n: int, rng: random.Random)
                    capture_output=True, timeout=300)
     analyze(url)
     return worker
+
+
+def service_env(url: str) -> dict:
+    """This process's environment for a server on `url`: open (no API key), logging each request."""
+    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "APP_ENV", "WEB_CONCURRENCY")}
+    env.update(DATABASE_URL=url, API_KEY="", APP_ENV="", LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+    return env
+
+
+def start_service(env: dict, logs: Path) -> Server:
+    """The service as `workflow serve` runs it, with 2 workers."""
+    port = free_port()
+    return Server("service", [sys.executable, "-m", "workflow", "serve", "--host", HOST, "--port", str(port),
+                              "--workers", "2"], env, ROOT, logs, port, "/health")
+
+
+def start_ceiling(name: str, env: dict, url: str, logs: Path, record_id: str, serve_options: bool = True) -> Server:
+    """bench/ceiling_app.py under gunicorn with 2 workers: with `serve`'s worker options (the target's
+    ceiling), or gunicorn's sync workers."""
+    argv = [sys.executable, "-m", "gunicorn", "ceiling_app:app", "--chdir", str(ROOT / "bench"), "--workers", "2",
+            "--log-level", "warning"]
+    if serve_options:
+        sys.path.insert(0, str(ROOT))
+        import workflow  # the service's own module: the ceiling runs with serve's worker options
+
+        argv += workflow.worker_options(workflow.build_parser().parse_args(["serve"]))  # serve's defaults
+    port = free_port()
+    return Server(name, [*argv, "--bind", f"{HOST}:{port}"], dict(env, CEILING_DATABASE_URL=url), ROOT, logs, port,
+                  "/records/" + record_id)
 
 
 def start_peer(peer: Path, env: dict, svc_url: str, peer_url: str, tmp: Path, logs: Path) -> Server:
@@ -404,16 +439,13 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
         for name in pg_names:
             pg_admin(f'CREATE DATABASE "{name}"')
         svc_url, peer_url = pg_url(pg_names[0]), pg_url(pg_names[1])
-    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "APP_ENV", "WEB_CONCURRENCY")}
-    env.update(DATABASE_URL=svc_url, API_KEY="", APP_ENV="", LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+    env = service_env(svc_url)
     servers: dict[str, Server] = {}
     logs = tmp / kind
     logs.mkdir()
     results: dict = {"database": kind, "records": n, "scenarios": {}}
     try:
-        port = free_port()
-        servers["svc"] = Server("service", [sys.executable, "-m", "workflow", "serve", "--host", HOST, "--port",
-                                            str(port), "--workers", "2"], env, ROOT, logs, port, "/health")
+        servers["svc"] = start_service(env, logs)
         t0 = time.monotonic()
         worker = seed_and_process(servers["svc"].base, env, svc_url, n, rng)
         results["seed_seconds"] = round(time.monotonic() - t0, 1)
@@ -426,19 +458,8 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
         ids_file = tmp / f"ids-{kind}.txt"
         ids_file.write_text("\n".join(ids) + "\n")
 
-        port = free_port()
-        cenv = dict(env, CEILING_DATABASE_URL=svc_url)
-        ceiling = [sys.executable, "-m", "gunicorn", "ceiling_app:app", "--chdir", str(ROOT / "bench"),
-                   "--workers", "2", "--log-level", "warning"]
-        sys.path.insert(0, str(ROOT))
-        import workflow  # the service's own module: the ceiling runs with serve's worker options
-
-        service_workers = workflow.worker_options(workflow.build_parser().parse_args(["serve"]))  # serve's defaults
-        servers["ceil"] = Server("ceiling", [*ceiling, "--bind", f"{HOST}:{port}", *service_workers], cenv, ROOT,
-                                 logs, port, "/records/" + ids[0])
-        port = free_port()
-        servers["ceil_sync"] = Server("ceil-sync", [*ceiling, "--bind", f"{HOST}:{port}"], cenv, ROOT, logs, port,
-                                      "/records/" + ids[0])
+        servers["ceil"] = start_ceiling("ceiling", env, svc_url, logs, ids[0])
+        servers["ceil_sync"] = start_ceiling("ceil-sync", env, svc_url, logs, ids[0], serve_options=False)
         if peer:
             servers["peer"] = start_peer(peer, env, svc_url, peer_url, tmp, logs)
 
