@@ -98,3 +98,26 @@ def test_timeseries_uses_indexes(db):
 @pytest.mark.parametrize("name", ["latest_failures", "claim_pending", "get_record"])
 def test_point_queries_use_indexes(db, name):
     assert not full_scans(db, plan(db, db.queries[name], PARAMS))
+
+
+@pytest.mark.parametrize("after", [(), ("after.created_at.desc",)], ids=["first page", "cursor"])
+@pytest.mark.parametrize("beside", ["filter.category.beside_status", "filter.source.beside_status"])
+def test_a_status_led_listing_walks_the_status_index_in_order(db, beside, after):
+    """records.ListingPlanner's fragments: (status, created_at, id) gives the rows in order, from
+    the cursor on; the category or source is checked row by row."""
+    sql = listing_sql(db.queries, ("filter.status.led", beside, *after), "order.created_at.desc.status_led")
+    result = plan(db, sql, PARAMS)
+    if db.dialect == "sqlite":
+        assert any("USING INDEX ix_records_status_created" in line for line in result), result
+        assert not any("TEMP B-TREE" in line for line in result), result
+        return
+    def below(node: dict) -> list[dict]:
+        nodes, stack = [], [node]
+        while stack:
+            nodes.append(stack.pop())
+            stack.extend(nodes[-1].get("Plans", []))
+        return nodes
+
+    [page] = [n for n in below(result) if n["Node Type"] == "Limit"]  # the page's ids, before the join sorts them
+    assert "ix_records_status_created" in {n.get("Index Name") for n in below(page)}, result
+    assert not [n for n in below(page) if "Sort" in n["Node Type"]], result

@@ -80,7 +80,9 @@ def test_a_page_past_the_last_record_still_has_the_total(app, seeded, filters, o
 
 def test_a_page_and_its_total_come_from_one_snapshot(app, seeded, dialect, monkeypatch):
     """Without a date filter, one statement on PostgreSQL (autocommit: no BEGIN and COMMIT around
-    it); otherwise, and on SQLite, the page and its total in one read transaction."""
+    it); otherwise, and on SQLite, the page and its total in one read transaction. Before the
+    status and category listing's, the planner's read of that category's counts (a statement of
+    its own: it chooses the plan, not the rows)."""
     db = app.app.db
     units, statements = [], []
     real_unit = type(db)._unit
@@ -91,10 +93,10 @@ def test_a_page_and_its_total_come_from_one_snapshot(app, seeded, dialect, monke
     for query in ("", "?status=processed&category=c1", "?created_after=2000-01-01T00:00:00Z&limit=5"):
         assert app.get(f"/records{query}").json["total"] > 0
     if dialect == "postgresql":
-        assert units == [(None,), (None,), ("snapshot",)]
+        assert units == [(None,), (None,), (None,), ("snapshot",)]
         assert statements == ["list_records_with_total"] * 2 + ["list_records", "count_records"]
     else:
-        assert units == [("read", "begin_read")] * 3
+        assert units == [("read", "begin_read"), ("read", None)] + [("read", "begin_read")] * 2
         assert statements == ["list_records", "count_from_counts"] * 2 + ["list_records", "count_records"]
 
 
@@ -196,3 +198,98 @@ def test_summary_as_csv_matches_json(app, seeded):
     assert [(r["name"], int(r["count"])) for r in by_category] == [
         (c["category"], c["count"]) for c in report["by_category"]]
     assert read_csv(app.get("/reports/summary", headers={"Accept": "text/csv"}))[0]["group"] == "total"
+
+
+@pytest.fixture
+def workflow_shaped(app):
+    """90 records as a workflow's are: the older 30 processed, the newer 60 pending; a third of
+    each in category c1 and source s1."""
+    def batch(count: int) -> list[str]:
+        records = [{"source": "s1" if i % 3 == 0 else "s2", "category": "c1" if i % 3 == 0 else "c2",
+                    "payload": {"i": i, "priority": 1}} for i in range(count)]
+        return [r["id"] for r in app.post_json("/records/batch", {"records": records}).json["items"]]
+
+    for rid in batch(30):
+        assert app.post(f"/records/{rid}/process").json["status"] == "processed"
+    batch(60)
+
+
+def composed_filters(monkeypatch, db) -> list[tuple]:
+    """The filter fragments of every statement composed from now on."""
+    seen = []
+    real_compose = type(db.queries).compose
+
+    def compose(self, name, **slots):
+        seen.append(slots.get("filters"))
+        return real_compose(self, name, **slots)
+
+    monkeypatch.setattr(type(db.queries), "compose", compose)
+    return seen
+
+
+@pytest.mark.parametrize(("query", "led"), [
+    ("status=processed&category=c1", True),  # newest first: the category's 20 pending records come first
+    ("status=processed&source=s1", True),
+    ("status=processed&category=c1&sort_order=asc", False),  # its oldest are the processed ones
+    ("status=pending&category=c1", False),
+    ("status=processed&category=c1&sort_by=category", False),  # not sorted by time: the status index has no use
+])
+def test_a_status_and_category_listing_walks_whichever_index_reads_less(app, workflow_shaped, monkeypatch,
+                                                                         query, led):
+    from workflow_service.records import ListingPlanner
+
+    seen = composed_filters(monkeypatch, app.app.db)
+    walked = walk(app, query, 4)
+    offset_page = app.get(f"/records?limit=4&offset=5&{query}").json
+    assert any("filter.status.led" in (filters or ()) for filters in seen) == led
+    monkeypatch.setattr(ListingPlanner, "plan", lambda self, query, filters, order, rows: (filters, order))
+    assert [r["id"] for r in walk(app, query, 4)] == [r["id"] for r in walked]
+    assert app.get(f"/records?limit=4&offset=5&{query}").json == offset_page
+    assert len(walked) == offset_page["total"] == (10 if "processed" in query else 20)
+
+
+def test_the_planner_reads_a_categorys_counts_at_most_every_few_seconds(app, workflow_shaped, monkeypatch):
+    from workflow_service.records import ListingPlanner
+
+    reads = []
+    real_read = type(app.app.db).read
+
+    def read(self, *args, **kwargs):
+        reads.append(args)
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(app.app.db), "read", read)
+    for _ in range(3):
+        app.get("/records?status=processed&category=c1")
+    assert len(reads) == 1 + 3  # the counts once, then a page each
+    monkeypatch.setattr(ListingPlanner, "MIX_SECONDS", 0.0)
+    app.get("/records?status=processed&category=c1")
+    assert len(reads) == 4 + 2
+    planner = ListingPlanner(app.app.db)
+    assert planner.mix("category", "c1") == {"processed": (10, 30), "pending": (20, 60)}
+    assert planner.mix("source", "s2") == {"processed": (20, 30), "pending": (40, 60)}
+    assert planner.mix("source", "none") == {"processed": (0, 30), "pending": (0, 60)}
+
+
+@pytest.mark.parametrize(("status", "descending", "led"), [
+    ("processed", True, True),  # 500 pending records of the category come before its first processed one
+    ("processed", False, False),
+    ("pending", False, True),  # 1,000 finished ones come before its first pending one
+    ("pending", True, False),
+    ("failed", True, True),
+])
+def test_walks_estimates_both_walks_from_the_counts(status, descending, led):
+    from workflow_service.listing import walks
+
+    mix = {"pending": (500, 5000), "processed": (900, 9000), "failed": (100, 1000)}  # a tenth in the category
+    by_status, by_category = walks(mix, status, descending, 51)
+    assert by_status == 510  # 51 matches at one in ten
+    assert (by_status < by_category) == led
+
+
+def test_walks_of_a_rare_category_stay_on_the_category():
+    from workflow_service.listing import walks
+
+    mix = {"pending": (0, 5000), "processed": (3, 9000), "failed": (0, 1000)}
+    assert walks(mix, "processed", True, 51) == (9000, 3)  # every processed record, or the category's three
+    assert walks({}, "processed", True, 51) == (0, 0)  # no counts yet: nothing to walk either way

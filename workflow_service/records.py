@@ -13,7 +13,16 @@ from collections.abc import Callable, Iterator
 from .db import Database, Session
 from .errors import DatabaseUnavailable, NotFound, ValidationFailed, problem
 from .idempotency import fingerprint, idempotency_key, run_once
-from .listing import UUID_RE, csv_lines, decode_cursor, encode_cursor, filter_fragments, has_date_filter, wants_csv
+from .listing import (
+    UUID_RE,
+    csv_lines,
+    decode_cursor,
+    encode_cursor,
+    filter_fragments,
+    has_date_filter,
+    walks,
+    wants_csv,
+)
 from .sqlfiles import Queries
 from .states import PENDING, PROCESSED, ProcessorRegistry, transition
 from .timeutil import utc_now_text
@@ -176,8 +185,62 @@ class _Ingest:
         return rows
 
 
+class ListingPlanner:
+    """Which index a listing of a status and a category (or a source), sorted by created_at, walks.
+
+    The databases' planners assume a status's records spread evenly over time and may walk the
+    category's index from the end where that status has none (`?status=processed&category=c1`,
+    newest first, reads every newer pending record of the category first: docs/benchmarks.md,
+    "A slow shape"). `listing.walks` estimates both walks from the maintained counts; when the
+    status-led one reads less, the listing's fragments ask for (status, created_at, id). The
+    counts of a category or source are read at most every MIX_SECONDS: they choose a plan, never
+    a result.
+    """
+
+    MIX_SECONDS = 10.0
+    MAX_MIXES = 1024  # category and source values remembered; the client chooses them
+
+    BESIDE_STATUS = {"filter.category": "filter.category.beside_status",
+                     "filter.source": "filter.source.beside_status"}
+
+    def __init__(self, db: Database):
+        self.db = db
+        self._mixes: dict[tuple[str, str], tuple[float, dict[str, tuple[int, int]]]] = {}
+
+    def plan(self, query: dict, filters: tuple[str, ...], order: str, rows: int) -> tuple[tuple[str, ...], str]:
+        """The filters and order fragments to use for a page that reads `rows` records."""
+        beside = [f for f in filters if f in self.BESIDE_STATUS]
+        if query["sort_by"] != "created_at" or "filter.status" not in filters or len(beside) != 1:
+            return filters, order
+        dimension = beside[0].removeprefix("filter.")
+        by_status, by_other = walks(self.mix(dimension, query[dimension]), query["status"],
+                                    query["sort_order"] == "desc", rows)
+        if by_status >= by_other:
+            return filters, order
+        led = {"filter.status": "filter.status.led", **self.BESIDE_STATUS}
+        return tuple(led.get(f, f) for f in filters), order + ".status_led"
+
+    def mix(self, dimension: str, value: str) -> dict[str, tuple[int, int]]:
+        """For each status: (its records with this category or source, all its records)."""
+        key, now = (dimension, value), time.monotonic()
+        known = self._mixes.get(key)
+        if known is not None and now - known[0] < self.MIX_SECONDS:
+            return known[1]
+        with self.db.read() as s:
+            rows = s.all(f"status_mix.{dimension}", {dimension: value})
+        mix = {r["status"]: (r["matching"], r["total"]) for r in rows}
+        if len(self._mixes) >= self.MAX_MIXES:
+            self._mixes.clear()
+        self._mixes[key] = (now, mix)
+        return mix
+
+
 class RecordCollection(_Ingest):
     """`POST /records` and `GET /records`."""
+
+    def __init__(self, db: Database, max_body_bytes: int, now: Callable[[], str] = utc_now_text):
+        super().__init__(db, max_body_bytes, now)
+        self.planner = ListingPlanner(db)
 
     def on_post(self, req, resp):
         created = self.ingest(req, resp, "/records", "record_create.json", lambda body: [body],
@@ -199,6 +262,7 @@ class RecordCollection(_Ingest):
             params.update(decode_cursor(query, query["cursor"]))
             after = (f"after.{query['sort_by']}.{query['sort_order']}",)
         params.update(limit=limit + 1, offset=query["offset"])
+        filters, order = self.planner.plan(query, filters, order, limit + 1 + query["offset"])
         page_sql, total_sql = listing_sql(self.db.queries, filters, after, order)
         if total_sql is None:
             with self.db.read() as s:  # one statement: the page and its total from one snapshot

@@ -116,6 +116,29 @@ category = %(category)s
 -- Listing and report filter.
 source = %(source)s
 
+-- name: filter.status.led
+-- filter.status, for a listing that walks (status, created_at, id) and checks its category or
+-- source row by row (records.ListingPlanner: a status's records bunch in time, a category's do
+-- not). Written as a range, with the status first in the order below, so that no other index
+-- gives the order: with `status = ...` the planner may walk (category, created_at, id) instead.
+status >= %(status)s AND status <= %(status)s
+
+-- name: filter.category.beside_status
+-- filter.category, checked on a status-led walk.
+category = %(category)s
+
+-- name: filter.source.beside_status
+-- filter.source, checked on a status-led walk.
+source = %(source)s
+
+-- name: order.created_at.asc.status_led
+-- order.created_at.asc on a status-led walk: the same rows in the same order, the status being one.
+records.status ASC, records.created_at ASC, records.id ASC
+
+-- name: order.created_at.desc.status_led
+-- order.created_at.desc on a status-led walk.
+records.status DESC, records.created_at DESC, records.id DESC
+
 -- name: filter.created_from
 -- Inclusive lower bound on created_at.
 created_at >= %(created_from)s

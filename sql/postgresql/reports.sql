@@ -47,6 +47,18 @@ ORDER BY records.processed_at DESC, records.id DESC LIMIT %(limit)s;
 -- How many records match status/category/source filters, from the maintained counts.
 SELECT coalesce(sum(n), 0)::bigint AS total FROM record_counts WHERE {filters};
 
+-- name: status_mix.category
+-- For each status, how many of its records have the category and how many it has, from the
+-- maintained counts (records.ListingPlanner).
+SELECT status, coalesce(sum(CASE WHEN category = %(category)s THEN n END), 0)::bigint AS matching, sum(n)::bigint AS total
+FROM record_counts GROUP BY status;
+
+-- name: status_mix.source
+-- For each status, how many of its records have the source and how many it has, from the
+-- maintained counts (records.ListingPlanner).
+SELECT status, coalesce(sum(CASE WHEN source = %(source)s THEN n END), 0)::bigint AS matching, sum(n)::bigint AS total
+FROM record_counts GROUP BY status;
+
 -- name: summary_from_counts
 -- summary_counts from the maintained counts (no date filter): the shards are summed here, so
 -- some 45 rows come back instead of one per shard, category, source and status (2,400).

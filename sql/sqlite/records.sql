@@ -78,6 +78,27 @@ category = :category
 -- Listing and report filter.
 source = :source
 
+-- name: filter.status.led
+-- filter.status, for a listing that walks (status, created_at, id) and checks its category or
+-- source row by row (records.ListingPlanner: a status's records bunch in time, a category's do not).
+status = :status
+
+-- name: filter.category.beside_status
+-- filter.category, checked on a status-led walk: the `+` keeps SQLite off the category's indexes.
++category = :category
+
+-- name: filter.source.beside_status
+-- filter.source, checked on a status-led walk.
++source = :source
+
+-- name: order.created_at.asc.status_led
+-- order.created_at.asc on a status-led walk.
+created_at ASC, id ASC
+
+-- name: order.created_at.desc.status_led
+-- order.created_at.desc on a status-led walk.
+created_at DESC, id DESC
+
 -- name: filter.created_from
 -- Inclusive lower bound on created_at.
 created_at >= :created_from
