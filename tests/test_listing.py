@@ -248,6 +248,16 @@ def test_a_status_and_category_listing_walks_whichever_index_reads_less(app, wor
     assert len(walked) == offset_page["total"] == (10 if "processed" in query else 20)
 
 
+def test_a_status_led_page_leaves_its_dated_count_to_the_database(app, workflow_shaped, monkeypatch):
+    """With a date filter the total is a count of the matching rows, which reads them all, from
+    whichever index the database estimates smaller; the planner's choice is the page's alone."""
+    seen = composed_filters(monkeypatch, app.app.db)
+    page = app.get("/records?status=processed&category=c1&limit=4&created_after=2000-01-01").json
+    assert page["total"] == 10 and page["count"] == 4
+    assert seen == [("filter.status.led", "filter.category.beside_status", "filter.created_from"),
+                    ("filter.status", "filter.category", "filter.created_from")]
+
+
 def test_the_planner_reads_a_categorys_counts_at_most_every_few_seconds(app, workflow_shaped, monkeypatch):
     from workflow_service.records import ListingPlanner
 

@@ -262,8 +262,8 @@ class RecordCollection(_Ingest):
             params.update(decode_cursor(query, query["cursor"]))
             after = (f"after.{query['sort_by']}.{query['sort_order']}",)
         params.update(limit=limit + 1, offset=query["offset"])
-        filters, order = self.planner.plan(query, filters, order, limit + 1 + query["offset"])
-        page_sql, total_sql = listing_sql(self.db.queries, filters, after, order)
+        page_filters, order = self.planner.plan(query, filters, order, limit + 1 + query["offset"])
+        page_sql, total_sql = listing_sql(self.db.queries, filters, after, order, page_filters)
         if total_sql is None:
             with self.db.read() as s:  # one statement: the page and its total from one snapshot
                 rows = s.tuples_sql(page_sql, params)
@@ -282,17 +282,20 @@ class RecordCollection(_Ingest):
 
 
 def listing_sql(queries: Queries, filters: tuple[str, ...], after: tuple[str, ...],
-                order: str) -> tuple[str, str | None]:
+                order: str, page_filters: tuple[str, ...] | None = None) -> tuple[str, str | None]:
     """A listing's page statement and its total's, None when the page's rows carry the total
     (LISTING_WITH_TOTAL, when the maintained counts give the total: no date filter).
 
-    `after` is a cursor's position fragment, the page's alone.
+    `after` is a cursor's position fragment, the page's alone. `page_filters` are `filters` as
+    the page reads them (ListingPlanner): a count of every match walks whichever index the
+    database chooses.
     """
+    page_filters = page_filters or filters
     dated = has_date_filter(filters)
-    if LISTING_WITH_TOTAL in queries and not dated:
-        return queries.compose(LISTING_WITH_TOTAL, filters=filters, after=after, order=order), None
+    if LISTING_WITH_TOTAL in queries and not dated:  # the total from record_counts: any fragments serve
+        return queries.compose(LISTING_WITH_TOTAL, filters=page_filters, after=after, order=order), None
     # Without a date filter the maintained counts give the total at once.
-    return (queries.compose("list_records", filters=(*filters, *after), order=order),
+    return (queries.compose("list_records", filters=(*page_filters, *after), order=order),
             queries.compose("count_records" if dated else "count_from_counts", filters=filters))
 
 
