@@ -227,7 +227,7 @@ class ListingPlanner:
         if known is not None and now - known[0] < self.MIX_SECONDS:
             return known[1]
         with self.db.read() as s:
-            rows = s.all(f"status_mix.{dimension}", {dimension: value})
+            rows = s.all_sql(s.queries.compose("status_mix", filters=(f"filter.{dimension}",)), {dimension: value})
         mix = {r["status"]: (r["matching"], r["total"]) for r in rows}
         if len(self._mixes) >= self.MAX_MIXES:
             self._mixes.clear()

@@ -63,16 +63,10 @@ ORDER BY processed_at DESC, id DESC LIMIT :limit;
 -- How many records match status/category/source filters, from the maintained counts.
 SELECT coalesce(sum(n), 0) AS total FROM record_counts WHERE {filters};
 
--- name: status_mix.category
--- For each status, how many of its records have the category and how many it has, from the
--- maintained counts (records.ListingPlanner).
-SELECT status, coalesce(sum(CASE WHEN category = :category THEN n END), 0) AS matching, sum(n) AS total
-FROM record_counts GROUP BY status;
-
--- name: status_mix.source
--- For each status, how many of its records have the source and how many it has, from the
--- maintained counts (records.ListingPlanner).
-SELECT status, coalesce(sum(CASE WHEN source = :source THEN n END), 0) AS matching, sum(n) AS total
+-- name: status_mix
+-- For each status, how many of its records pass the filter (a category's or a source's) and how
+-- many it has, from the maintained counts (records.ListingPlanner).
+SELECT status, coalesce(sum(CASE WHEN {filters} THEN n END), 0) AS matching, sum(n) AS total
 FROM record_counts GROUP BY status;
 
 -- name: summary_from_counts
