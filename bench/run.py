@@ -38,6 +38,9 @@ PG_ADMIN = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/
 CATEGORIES = [f"c{i}" for i in range(10)]
 SOURCES = ["api", "import", "webhook", "batch", "partner"]
 FILTERED = "/records?status=processed&category=c3&sort_by=created_at&sort_order=asc&limit=50"
+# The same filters newest first, the default order: the category's newer pending records come first
+# (docs/benchmarks.md, "A slow shape").
+FILTERED_NEWEST = "/records?status=processed&category=c3&limit=50"
 
 PATTERNS = {"get": "/records/[0-9a-f-]+", "create": "/records", "batch": "/records/batch",
             "batch1000": "/records/batch", "process": "/records/[0-9a-f-]+/process"}
@@ -49,6 +52,7 @@ SCENARIOS = [
     ("get", "get by id", {"svc", "ceil", "ceil_sync", "peer"}),
     ("first_page", "first page", {"svc", "peer"}),
     ("filtered", "filtered + sorted", {"svc", "peer"}),
+    ("filtered_newest", "filtered, newest first", {"svc", "peer"}),
     ("offset", "offset 90 %", {"svc", "peer"}),
     ("cursor", "cursor page (deep)", {"svc"}),
     ("summary", "summary report", {"svc", "peer"}),
@@ -466,8 +470,8 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
         base = servers["svc"].base
         offset = int(n * 0.9)
         paths = {"health": "/health", "first_page": "/records", "filtered": FILTERED,
-                 "offset": f"/records?offset={offset}", "summary": "/reports/summary",
-                 "timeseries": "/reports/timeseries?bucket=day"}
+                 "filtered_newest": FILTERED_NEWEST, "offset": f"/records?offset={offset}",
+                 "summary": "/reports/summary", "timeseries": "/reports/timeseries?bucket=day"}
         scripts = {key: lua(tmp, f"{kind}-{key}", "") for key in paths}
         scripts["get"] = lua(tmp, f"{kind}-get", GET_LUA % {"file": ids_file})
         scripts["create"] = post_script(tmp, f"{kind}-create", "/records", [make_record(rng) for _ in range(20)])
