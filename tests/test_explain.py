@@ -50,16 +50,20 @@ def plan(db, sql: str, params: dict) -> list[str] | dict:
         return s.one_sql("EXPLAIN (FORMAT JSON) " + sql, params)["QUERY PLAN"][0]["Plan"]
 
 
+def plan_nodes(node: dict) -> list[dict]:
+    """A PostgreSQL plan node and every node below it."""
+    nodes, stack = [], [node]
+    while stack:
+        nodes.append(stack.pop())
+        stack.extend(nodes[-1].get("Plans", []))
+    return nodes
+
+
 def full_scans(db, result) -> list[str]:
     if db.dialect == "sqlite":
         return [line for line in result if line.startswith("SCAN records") and "USING" not in line]
-    found, stack = [], [result]
-    while stack:
-        node = stack.pop()
-        if node.get("Node Type") == "Seq Scan" and node.get("Relation Name") == "records":
-            found.append(json.dumps(node)[:200])
-        stack.extend(node.get("Plans", []))
-    return found
+    return [json.dumps(node)[:200] for node in plan_nodes(result)
+            if node.get("Node Type") == "Seq Scan" and node.get("Relation Name") == "records"]
 
 
 @pytest.mark.parametrize(("filters", "order"), LISTINGS, ids=lambda v: ",".join(v) if isinstance(v, tuple) else v)
@@ -111,13 +115,6 @@ def test_a_status_led_listing_walks_the_status_index_in_order(db, beside, after)
         assert any("USING INDEX ix_records_status_created" in line for line in result), result
         assert not any("TEMP B-TREE" in line for line in result), result
         return
-    def below(node: dict) -> list[dict]:
-        nodes, stack = [], [node]
-        while stack:
-            nodes.append(stack.pop())
-            stack.extend(nodes[-1].get("Plans", []))
-        return nodes
-
-    [page] = [n for n in below(result) if n["Node Type"] == "Limit"]  # the page's ids, before the join sorts them
-    assert "ix_records_status_created" in {n.get("Index Name") for n in below(page)}, result
-    assert not [n for n in below(page) if "Sort" in n["Node Type"]], result
+    [page] = [n for n in plan_nodes(result) if n["Node Type"] == "Limit"]  # the page's ids, before the join sorts them
+    assert "ix_records_status_created" in {n.get("Index Name") for n in plan_nodes(page)}, result
+    assert not [n for n in plan_nodes(page) if "Sort" in n["Node Type"]], result

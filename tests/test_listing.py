@@ -37,6 +37,19 @@ def walk(app, query: str, limit: int) -> list[dict]:
     raise AssertionError("cursor walk did not end")
 
 
+def composed_statements(monkeypatch, db) -> list[tuple[str, dict]]:
+    """The name and fragments of every statement composed from now on."""
+    composed = []
+    real_compose = type(db.queries).compose
+
+    def compose(self, name, **slots):
+        composed.append((name, slots))
+        return real_compose(self, name, **slots)
+
+    monkeypatch.setattr(type(db.queries), "compose", compose)
+    return composed
+
+
 @pytest.mark.parametrize(("sort_by", "order"), SORTS)
 def test_cursor_pages_cover_everything_once_in_order(app, seeded, sort_by, order):
     query = f"sort_by={sort_by}&sort_order={order}"
@@ -84,22 +97,20 @@ def test_a_page_and_its_total_come_from_one_snapshot(app, seeded, dialect, monke
     status and category listing's, the planner's read of that category's counts (a statement of
     its own: it chooses the plan, not the rows)."""
     db = app.app.db
-    units, statements = [], []
+    units = []
     real_unit = type(db)._unit
     monkeypatch.setattr(type(db), "_unit", lambda self, *args: units.append(args) or real_unit(self, *args))
-    real_compose = type(db.queries).compose
-    monkeypatch.setattr(type(db.queries), "compose",
-                        lambda self, name, **slots: statements.append(name) or real_compose(self, name, **slots))
+    composed = composed_statements(monkeypatch, db)
     for query in ("", "?status=processed&category=c1", "?created_after=2000-01-01T00:00:00Z&limit=5"):
         assert app.get(f"/records{query}").json["total"] > 0
     if dialect == "postgresql":
         assert units == [(None,), (None,), (None,), ("snapshot",)]
-        assert statements == ["list_records_with_total", "status_mix", "list_records_with_total", "list_records",
-                              "count_records"]
+        assert [name for name, _ in composed] == ["list_records_with_total", "status_mix", "list_records_with_total",
+                                                  "list_records", "count_records"]
     else:
         assert units == [("read", "begin_read"), ("read", None)] + [("read", "begin_read")] * 2
-        assert statements == ["list_records", "count_from_counts", "status_mix", "list_records", "count_from_counts",
-                              "list_records", "count_records"]
+        assert [name for name, _ in composed] == ["list_records", "count_from_counts", "status_mix", "list_records",
+                                                  "count_from_counts", "list_records", "count_records"]
 
 
 def test_offset_paging_also_offers_a_cursor(app, seeded):
@@ -216,17 +227,6 @@ def workflow_shaped(app):
     batch(60)
 
 
-def composed_filters(monkeypatch, db) -> list[tuple]:
-    """The filter fragments of every statement composed from now on."""
-    seen = []
-    real_compose = type(db.queries).compose
-
-    def compose(self, name, **slots):
-        seen.append(slots.get("filters"))
-        return real_compose(self, name, **slots)
-
-    monkeypatch.setattr(type(db.queries), "compose", compose)
-    return seen
 
 
 @pytest.mark.parametrize(("query", "led"), [
@@ -240,10 +240,10 @@ def test_a_status_and_category_listing_walks_whichever_index_reads_less(app, wor
                                                                          query, led):
     from workflow_service.records import ListingPlanner
 
-    seen = composed_filters(monkeypatch, app.app.db)
+    composed = composed_statements(monkeypatch, app.app.db)
     walked = walk(app, query, 4)
     offset_page = app.get(f"/records?limit=4&offset=5&{query}").json
-    assert any("filter.status.led" in (filters or ()) for filters in seen) == led
+    assert any("filter.status.led" in slots.get("filters", ()) for _, slots in composed) == led
     monkeypatch.setattr(ListingPlanner, "plan", lambda self, query, filters, order, rows: (filters, order))
     assert [r["id"] for r in walk(app, query, 4)] == [r["id"] for r in walked]
     assert app.get(f"/records?limit=4&offset=5&{query}").json == offset_page
@@ -253,10 +253,10 @@ def test_a_status_and_category_listing_walks_whichever_index_reads_less(app, wor
 def test_a_status_led_page_leaves_its_dated_count_to_the_database(app, workflow_shaped, monkeypatch):
     """With a date filter the total is a count of the matching rows, which reads them all, from
     whichever index the database estimates smaller; the planner's choice is the page's alone."""
-    seen = composed_filters(monkeypatch, app.app.db)
+    composed = composed_statements(monkeypatch, app.app.db)
     page = app.get("/records?status=processed&category=c1&limit=4&created_after=2000-01-01").json
     assert page["total"] == 10 and page["count"] == 4
-    assert seen == [("filter.category",),  # the planner's counts
+    assert [slots.get("filters") for _, slots in composed] == [("filter.category",),  # the planner's counts
                     ("filter.status.led", "filter.category.beside_status", "filter.created_from"),
                     ("filter.status", "filter.category", "filter.created_from")]
 

@@ -202,6 +202,7 @@ class ListingPlanner:
 
     BESIDE_STATUS = {"filter.category": "filter.category.beside_status",
                      "filter.source": "filter.source.beside_status"}
+    STATUS_LED = {"filter.status": "filter.status.led", **BESIDE_STATUS}
 
     def __init__(self, db: Database):
         self.db = db
@@ -217,8 +218,7 @@ class ListingPlanner:
                                     query["sort_order"] == "desc", rows)
         if by_status >= by_other:
             return filters, order
-        led = {"filter.status": "filter.status.led", **self.BESIDE_STATUS}
-        return tuple(led.get(f, f) for f in filters), order + ".status_led"
+        return tuple(self.STATUS_LED.get(f, f) for f in filters), order + ".status_led"
 
     def mix(self, dimension: str, value: str) -> dict[str, tuple[int, int]]:
         """For each status: (its records with this category or source, all its records)."""
