@@ -284,6 +284,27 @@ def test_the_planner_reads_a_categorys_counts_at_most_every_few_seconds(app, wor
     assert planner.mix("source", "none") == {"processed": (0, 30), "pending": (0, 60)}
 
 
+def test_an_outage_while_reading_the_counts_is_a_503_and_is_not_remembered(app, workflow_shaped, monkeypatch):
+    from workflow_service.errors import DatabaseUnavailable
+
+    real_read, calls = type(app.app.db).read, []
+
+    def read_fails_first(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:  # the planner's counts
+            raise DatabaseUnavailable()
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(app.app.db), "read", read_fails_first)
+    down = app.get("/records?status=processed&category=c1&limit=4", status=503)
+    assert down.json["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert "Traceback" not in down.text and "SELECT" not in down.text.upper()
+    page = app.get("/records?status=processed&category=c1&limit=4").json
+    assert len(calls) == 1 + 2  # the counts read again, not an empty mix from the failed read
+    assert page["total"] == 10 and page["count"] == 4
+    assert all(r["status"] == "processed" and r["category"] == "c1" for r in page["items"])
+
+
 @pytest.mark.parametrize(("status", "descending", "led"), [
     ("processed", True, True),  # 500 pending records of the category come before its first processed one
     ("processed", False, False),
