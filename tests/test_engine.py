@@ -13,7 +13,7 @@ from webtest import TestApp
 
 from workflow import TransientError, build_registry, create_app
 from workflow_service.config import ConfigError
-from workflow_service.db import Session, open_database
+from workflow_service.db import Session, _PostgresSession, open_database
 from workflow_service.errors import DatabaseUnavailable
 from workflow_service.migrations import Migrator
 from workflow_service.states import PROCESSED, ProcessorRegistry, transition
@@ -367,9 +367,12 @@ def test_postgresql_worker_stores_a_batch_in_two_statements(pg_server_url, monke
 
     for method in ("one", "all", "run"):
         monkeypatch.setattr(Session, method, recording(getattr(Session, method)))
+    real_between = _PostgresSession.all_between
+    monkeypatch.setattr(_PostgresSession, "all_between", lambda self, before, name, params, after: (
+        names.append((before, name, after)), real_between(self, before, name, params, after))[1])
     stats = Worker(db, build_registry(settings), batch_size=50).run_batch()
     assert stats.claimed == 40 and stats.processed + stats.failed == 40
-    assert names == ["claim_pending", "set_outcomes", "insert_events"]
+    assert names == [("claim_pending_plan", "claim_pending", "claim_pending_plan_end"), "set_outcomes", "insert_events"]
     monkeypatch.undo()
     assert audit_mismatches(db) == []
     db.close()

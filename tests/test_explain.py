@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import json
 
+import psycopg
 import pytest
-from conftest import listing_sql, make_settings
+from conftest import listing_sql, make_settings, new_pg_schema
+from webtest import TestApp
 
-from workflow import create_app
+from workflow import build_registry, create_app
+from workflow_service.migrations import Migrator
+from workflow_service.worker import Worker
 
 STAMP = "2030-01-01T00:00:00.000000Z"
 ID = "00000000-0000-4000-8000-000000000000"
@@ -102,6 +106,48 @@ def test_timeseries_uses_indexes(db):
 @pytest.mark.parametrize("name", ["latest_failures", "claim_pending", "get_record"])
 def test_point_queries_use_indexes(db, name):
     assert not full_scans(db, plan(db, db.queries[name], PARAMS))
+
+
+def test_postgresql_claims_walk_the_queue_index_after_statistics_of_an_empty_queue(pg_server_url, monkeypatch):
+    """Autovacuum analyzes `records` after a drain, when no record is pending: the statistics then
+    estimate one pending record, and in some such states PostgreSQL chose to read every pending
+    record through (status, id) and sort them (docs/engine.md, "The claim's plan"). The worker's
+    claim is planned without a sort, in whatever state the statistics are."""
+    settings = make_settings(new_pg_schema(pg_server_url))
+    app = TestApp(create_app(settings))
+    db = app.app.db
+    Migrator(db).up()
+
+    def create(count: int) -> None:
+        for _ in range(count // 1000):
+            app.post_json("/records/batch", {"records": [
+                {"source": "s", "category": f"c{i % 10}", "payload": {"priority": 1 if i % 20 else "urgent"}}
+                for i in range(1000)]})
+
+    create(5000)
+    worker = Worker(db, build_registry(settings), batch_size=1000)
+    for _ in range(10):
+        if not worker.run_batch().claimed:
+            break
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE records")
+    create(3000)
+
+    explain = "EXPLAIN (FORMAT JSON) " + db.queries["claim_pending"]
+    monkeypatch.setitem(db.queries._statements, "explain_claim", explain)
+    with db.write() as s:
+        [row] = s.all_between("claim_pending_plan", "explain_claim", PARAMS, "claim_pending_plan_end")
+    nodes = plan_nodes(row["QUERY PLAN"][0]["Plan"])
+    assert not [n for n in nodes if n["Node Type"] == "Sort"], nodes
+    assert "ix_records_pending_queue" in {n.get("Index Name") for n in nodes}, nodes
+    assert worker.run_batch().claimed == 1000  # oldest first, through all_between
+
+    # The setting holds for the claim alone: the batch's other statements plan as usual.
+    monkeypatch.setitem(db.queries._statements, "sorting", "SELECT current_setting('enable_sort') AS sorting")
+    with db.write() as s:
+        assert s.all_between("claim_pending_plan", "sorting", {}, "claim_pending_plan_end") == [{"sorting": "off"}]
+        assert s.one("sorting") == {"sorting": "on"}
+    db.close()
 
 
 @pytest.mark.parametrize("after", [(), ("after.created_at.desc",)], ids=["first page", "cursor"])

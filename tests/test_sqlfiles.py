@@ -21,7 +21,8 @@ ONLY_IN = {
                "savepoint", "rollback_to_savepoint", "release_savepoint", "insert_record",
                "insert_record_set", "insert_creation_events"},
     "postgresql": {"insert_records_with_events", "set_outcomes", "insert_events", "list_records_with_total",
-                   "fold_lock_timeout", "lock_count_shards", "fold_counts", "drop_empty_counts"},
+                   "fold_lock_timeout", "lock_count_shards", "fold_counts", "drop_empty_counts",
+                   "claim_pending_plan", "claim_pending_plan_end"},
 }
 
 

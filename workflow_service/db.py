@@ -49,6 +49,13 @@ class Session:
         self._cur.execute(self.queries[name], params or self.no_params)
         return self._cur.rowcount
 
+    def all_between(self, before: str, name: str, params: dict, after: str) -> list[dict]:
+        """All rows of statement `name`, run between statements `before` and `after`."""
+        self.run(before)
+        rows = self.all(name, params)
+        self.run(after)
+        return rows
+
     def all_sql(self, sql: str, params: dict | None = None) -> list[dict]:
         """All rows of a composed statement (see `Queries.compose`)."""
         raise NotImplementedError
@@ -125,6 +132,16 @@ class _PostgresSession(Session):
         cur = self._cur
         cur.row_factory = _psycopg.tuple_row
         cur.execute(sql, params or None)
+        return cur.fetchall()
+
+    def all_between(self, before: str, name: str, params: dict, after: str) -> list[dict]:
+        """In one round trip: psycopg's pipeline mode sends the three statements at once."""
+        cur, queries = self._dicts(), self.queries
+        conn = cur.connection
+        with conn.pipeline():
+            conn.execute(queries[before])
+            cur.execute(queries[name], params)
+            conn.execute(queries[after])
         return cur.fetchall()
 
     def iter_sql(self, sql: str, params: dict | None = None, size: int = 500):
