@@ -140,7 +140,7 @@ def test_postgresql_claims_walk_the_queue_index_after_statistics_of_an_empty_que
     nodes = plan_nodes(row["QUERY PLAN"][0]["Plan"])
     assert not [n for n in nodes if n["Node Type"] == "Sort"], nodes
     assert "ix_records_pending_queue" in {n.get("Index Name") for n in nodes}, nodes
-    assert worker.run_batch().claimed == 1000  # oldest first, through all_between
+    assert worker.run_batch().claimed == 1000  # the worker's own claim, through all_between
 
     # The setting holds for the claim alone: the batch's other statements plan as usual.
     monkeypatch.setitem(db.queries._statements, "sorting", "SELECT current_setting('enable_sort') AS sorting")
