@@ -368,8 +368,12 @@ def test_postgresql_worker_stores_a_batch_in_two_statements(pg_server_url, monke
     for method in ("one", "all", "run"):
         monkeypatch.setattr(Session, method, recording(getattr(Session, method)))
     real_between = _PostgresSession.all_between
-    monkeypatch.setattr(_PostgresSession, "all_between", lambda self, before, name, params, after: (
-        names.append((before, name, after)), real_between(self, before, name, params, after))[1])
+
+    def all_between(self, before, name, params, after):
+        names.append((before, name, after))
+        return real_between(self, before, name, params, after)
+
+    monkeypatch.setattr(_PostgresSession, "all_between", all_between)
     stats = Worker(db, build_registry(settings), batch_size=50).run_batch()
     assert stats.claimed == 40 and stats.processed + stats.failed == 40
     assert names == [("claim_pending_plan", "claim_pending", "claim_pending_plan_end"), "set_outcomes", "insert_events"]
