@@ -50,11 +50,9 @@ class Session:
         return self._cur.rowcount
 
     def all_between(self, before: str, name: str, params: dict, after: str) -> list[dict]:
-        """All rows of statement `name`, run between statements `before` and `after`."""
-        self.run(before)
-        rows = self.all(name, params)
-        self.run(after)
-        return rows
+        """All rows of statement `name`, run between statements `before` and `after` (a setting
+        and its reset; PostgreSQL's only: worker.claim)."""
+        raise NotImplementedError
 
     def all_sql(self, sql: str, params: dict | None = None) -> list[dict]:
         """All rows of a composed statement (see `Queries.compose`)."""
