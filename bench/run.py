@@ -47,6 +47,8 @@ PATTERNS = {"get": "/records/[0-9a-f-]+", "create": "/records", "batch": "/recor
 # key, label, which servers have it ("svc", "ceil", "ceil_sync", "peer"); the path is set in main() for
 # offset/cursor. "ceil" is the ceiling under the service's own gunicorn settings (the target's), "ceil_sync"
 # the same app under gunicorn's sync workers (one request per connection, no threads), for comparison.
+# "first" is the service's first page again, run in turn with the deep cursor page: their ratio is a
+# target, and a machine that slows down between two scenarios would move it (docs/benchmarks.md).
 SCENARIOS = [
     ("health", "health", {"svc", "peer"}),
     ("get", "get by id", {"svc", "ceil", "ceil_sync", "peer"}),
@@ -54,7 +56,7 @@ SCENARIOS = [
     ("filtered", "filtered + sorted", {"svc", "peer"}),
     ("filtered_newest", "filtered, newest first", {"svc", "peer"}),
     ("offset", "offset 90 %", {"svc", "peer"}),
-    ("cursor", "cursor page (deep)", {"svc"}),
+    ("cursor", "cursor page (deep)", {"svc", "first"}),
     ("summary", "summary report", {"svc", "peer"}),
     ("timeseries", "time series (day)", {"svc"}),
     ("create", "create (single)", {"svc", "peer"}),
@@ -62,6 +64,7 @@ SCENARIOS = [
     ("batch1000", "batch create (1000)", {"svc"}),
     ("process", "process", {"svc", "peer"}),
 ]
+RUNNERS = ("svc", "first", "ceil", "ceil_sync", "peer")  # in this order within each repetition
 # Run after the wrk scenarios, on the service only: a CSV export of every record (its time and the
 # worker's peak RSS) and the worker drain (records per second with 1 and 2 worker processes).
 EXTRA_SCENARIOS = {"csv": "CSV export of every record", "drain": "worker drain"}
@@ -495,11 +498,13 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
                 row["svc"] = None
                 continue
             for rep in range(args.repeat):
-                for who in ("svc", "ceil", "ceil_sync", "peer"):
-                    if who not in where or who not in servers:
+                for who in RUNNERS:
+                    server = "svc" if who == "first" else who
+                    if who not in where or server not in servers:
                         continue
-                    srv = servers[who]
-                    script = scripts.get(key)
+                    srv = servers[server]
+                    path_key = "first_page" if who == "first" else key
+                    script = scripts.get(path_key)
                     if key == "process":
                         db = svc_url if who == "svc" else peer_url
                         pend = fresh_pending_ids(db, 2000 * args.duration)
@@ -509,16 +514,17 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
                                                                        "threads": args.threads})
                     start = srv.log_size()
                     srv.reset_worker_peaks()
-                    res = run_wrk(srv.base + paths.get(key, ""), script, args)
+                    res = run_wrk(srv.base + paths.get(path_key, ""), script, args)
                     if who == "svc":
                         res["statuses"] = srv.status_counts(
                             start, PATTERNS.get(key) or re.escape(paths[key].split("?")[0]), res["requests"])
                     res["worker_peak_mib"] = srv.worker_peaks_mib()
                     row.setdefault(who + "_runs", []).append(res)
-                    log(f"{kind} {label:<20} {srv.name:<8} run {rep + 1}: {res['rps']:>8} req/s "
+                    runner = "first pg" if who == "first" else srv.name
+                    log(f"{kind} {label:<20} {runner:<8} run {rep + 1}: {res['rps']:>8} req/s "
                         f"p50 {res['p50_us'] / 1000:.1f} ms p99 {res['p99_us'] / 1000:.1f} ms "
                         f"non-2xx {res['non2xx']}")
-            for who in ("svc", "ceil", "ceil_sync", "peer"):
+            for who in RUNNERS:
                 runs = row.get(who + "_runs")
                 if runs:
                     row[who] = {"rps": statistics.median(r["rps"] for r in runs),
@@ -652,6 +658,10 @@ def render(all_results: list[dict], args, peer) -> str:
                       f"**{ratio(svc and svc['rps'], ceil and ceil['rps'])}** (target ≥ 0.8×); vs the same app "
                       f"under sync workers ({fmt(ceil_sync and ceil_sync['rps'])} req/s): "
                       f"{ratio(svc and svc['rps'], ceil_sync and ceil_sync['rps'])}"]
+        cursor, first = sc.get("cursor", {}).get("svc"), sc.get("cursor", {}).get("first")
+        if cursor and first:
+            lines.append(f"- cursor page (deep) vs the first page, run in turn with it ({fmt(first['rps'])} req/s): "
+                         f"**{ratio(cursor['ok_rps'], first['ok_rps'])}** (target ≥ 0.8×)")
         for key, size in (("batch", 100), ("batch1000", 1000)):
             batch = sc.get(key, {}).get("svc")
             if batch and single:
