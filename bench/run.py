@@ -44,11 +44,7 @@ FILTERED_NEWEST = "/records?status=processed&category=c3&limit=50"
 
 PATTERNS = {"get": "/records/[0-9a-f-]+", "create": "/records", "batch": "/records/batch",
             "batch1000": "/records/batch", "process": "/records/[0-9a-f-]+/process"}
-# key, label, which servers have it ("svc", "ceil", "ceil_sync", "peer"); the path is set in main() for
-# offset/cursor. "ceil" is the ceiling under the service's own gunicorn settings (the target's), "ceil_sync"
-# the same app under gunicorn's sync workers (one request per connection, no threads), for comparison.
-# "first" is the service's first page again, run in turn with the deep cursor page: their ratio is a
-# target, and a machine that slows down between two scenarios would move it (docs/benchmarks.md).
+# key, label, which runners run it (RUNNERS); the path is set in main() for offset/cursor.
 SCENARIOS = [
     ("health", "health", {"svc", "peer"}),
     ("get", "get by id", {"svc", "ceil", "ceil_sync", "peer"}),
@@ -64,7 +60,14 @@ SCENARIOS = [
     ("batch1000", "batch create (1000)", {"svc"}),
     ("process", "process", {"svc", "peer"}),
 ]
-RUNNERS = ("svc", "first", "ceil", "ceil_sync", "peer")  # in this order within each repetition
+# Runner: (its server, the scenario whose path and script it runs instead of the one at hand), in the
+# order they take turns within each repetition. "ceil" is the ceiling under the service's own gunicorn
+# settings (the target's), "ceil_sync" the same app under gunicorn's sync workers (one request per
+# connection, no threads), for comparison. "first" is the service's first page again, run in turn with
+# the deep cursor page: their ratio is a target, and a machine that slows down between two scenarios
+# would move it (docs/benchmarks.md).
+RUNNERS = {"svc": ("svc", None), "first": ("svc", "first_page"), "ceil": ("ceil", None),
+           "ceil_sync": ("ceil_sync", None), "peer": ("peer", None)}
 # Run after the wrk scenarios, on the service only: a CSV export of every record (its time and the
 # worker's peak RSS) and the worker drain (records per second with 1 and 2 worker processes).
 EXTRA_SCENARIOS = {"csv": "CSV export of every record", "drain": "worker drain"}
@@ -498,12 +501,11 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
                 row["svc"] = None
                 continue
             for rep in range(args.repeat):
-                for who in RUNNERS:
-                    server = "svc" if who == "first" else who
+                for who, (server, instead) in RUNNERS.items():
                     if who not in where or server not in servers:
                         continue
                     srv = servers[server]
-                    path_key = "first_page" if who == "first" else key
+                    path_key = instead or key
                     script = scripts.get(path_key)
                     if key == "process":
                         db = svc_url if who == "svc" else peer_url
@@ -515,12 +517,13 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
                     start = srv.log_size()
                     srv.reset_worker_peaks()
                     res = run_wrk(srv.base + paths.get(path_key, ""), script, args)
-                    if who == "svc":
+                    if server == "svc":
                         res["statuses"] = srv.status_counts(
-                            start, PATTERNS.get(key) or re.escape(paths[key].split("?")[0]), res["requests"])
+                            start, PATTERNS.get(path_key) or re.escape(paths[path_key].split("?")[0]),
+                            res["requests"])
                     res["worker_peak_mib"] = srv.worker_peaks_mib()
                     row.setdefault(who + "_runs", []).append(res)
-                    runner = "first pg" if who == "first" else srv.name
+                    runner = instead or srv.name  # "first_page" for the cursor's first page
                     log(f"{kind} {label:<20} {runner:<8} run {rep + 1}: {res['rps']:>8} req/s "
                         f"p50 {res['p50_us'] / 1000:.1f} ms p99 {res['p99_us'] / 1000:.1f} ms "
                         f"non-2xx {res['non2xx']}")
@@ -540,7 +543,7 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
             results["drain"] = drain(env, svc_url, servers["svc"].base, rng, args)
         svc_statuses: dict[str, int] = {}
         for row in results["scenarios"].values():
-            for r in row.get("svc_runs", []):
+            for r in row.get("svc_runs", []) + row.get("first_runs", []):
                 for code, cnt in r.get("statuses", {}).items():
                     if code.startswith("5"):
                         svc_statuses[code] = svc_statuses.get(code, 0) + cnt
