@@ -44,7 +44,7 @@ FILTERED_NEWEST = "/records?status=processed&category=c3&limit=50"
 
 PATTERNS = {"get": "/records/[0-9a-f-]+", "create": "/records", "batch": "/records/batch",
             "batch1000": "/records/batch", "process": "/records/[0-9a-f-]+/process"}
-# key, label, which runners run it (RUNNERS); the path is set in main() for offset/cursor.
+# key, label, which runners run it (RUNNERS); paths: read_paths(), and deep_cursor() for the cursor.
 SCENARIOS = [
     ("health", "health", {"svc", "peer"}),
     ("get", "get by id", {"svc", "ceil", "ceil_sync", "peer"}),
@@ -277,16 +277,17 @@ PEER_COLUMNS = "id, source, category, payload, status, result, classification, s
                "created_at, updated_at, processed_at"
 
 
-def seed_and_process(base: str, env: dict, url: str, n: int, rng: random.Random) -> subprocess.CompletedProcess:
+def seed_and_process(base: str, env: dict, url: str, n: int, rng: random.Random,
+                     cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """The benchmark's data: n // 2 records through the batch endpoint, processed by `worker --once`
     (about 5 % fail: see make_record), then the rest, left pending; the counts folded and the
-    planner's statistics gathered. Returns the worker's run."""
+    planner's statistics gathered. Returns the worker's run. `cwd` holds the service's code."""
     seed(base, n // 2, rng)
     worker = subprocess.run([sys.executable, "-m", "workflow", "worker", "--once", "--batch-size", "500",
-                             "--concurrency", "2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+                             "--concurrency", "2"], env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)
     seed(base, n - n // 2, rng)
     # As a running worker does every 5 minutes: fold the counts' shards (docs/reports.md).
-    subprocess.run([sys.executable, "-m", "workflow", "cleanup"], env=env, cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "workflow", "cleanup"], env=env, cwd=cwd, check=True,
                    capture_output=True, timeout=300)
     analyze(url)
     return worker
@@ -299,11 +300,11 @@ def service_env(url: str) -> dict:
     return env
 
 
-def start_service(env: dict, logs: Path) -> Server:
-    """The service as `workflow serve` runs it, with 2 workers."""
+def start_service(env: dict, logs: Path, cwd: Path = ROOT, name: str = "service") -> Server:
+    """The service as `workflow serve` runs it, with 2 workers; `cwd` holds its code."""
     port = free_port()
-    return Server("service", [sys.executable, "-m", "workflow", "serve", "--host", HOST, "--port", str(port),
-                              "--workers", "2"], env, ROOT, logs, port, "/health")
+    return Server(name, [sys.executable, "-m", "workflow", "serve", "--host", HOST, "--port", str(port),
+                         "--workers", "2"], env, cwd, logs, port, "/health")
 
 
 def start_ceiling(name: str, env: dict, url: str, logs: Path, record_id: str, serve_options: bool = True) -> Server:
@@ -398,6 +399,29 @@ def post_script(tmp: Path, name: str, path: str, bodies: list) -> Path:
     return lua(tmp, name, POST_LUA % {"bodies": "{" + items + "}", "path": path})
 
 
+def read_paths(n: int) -> dict[str, str]:
+    """The read scenarios' paths on n records (the cursor's is found on each server: deep_cursor)."""
+    return {"health": "/health", "first_page": "/records", "filtered": FILTERED,
+            "filtered_newest": FILTERED_NEWEST, "offset": f"/records?offset={int(n * 0.9)}",
+            "summary": "/reports/summary", "timeseries": "/reports/timeseries?bucket=day"}
+
+
+def write_scripts(tmp: Path, tag: str, rng: random.Random) -> dict[str, Path]:
+    """wrk scripts of the create and batch scenarios: 20 single bodies, 5 of 100 records, 3 of 1,000."""
+    return {"create": post_script(tmp, f"{tag}-create", "/records", [make_record(rng) for _ in range(20)]),
+            "batch": post_script(tmp, f"{tag}-batch", "/records/batch",
+                                 [{"records": [make_record(rng) for _ in range(100)]} for _ in range(5)]),
+            "batch1000": post_script(tmp, f"{tag}-batch1000", "/records/batch",
+                                     [{"records": [make_record(rng) for _ in range(1000)]} for _ in range(3)])}
+
+
+def process_script(tmp: Path, name: str, url: str, args) -> Path:
+    """A process scenario's script over pending ids read from the database now (each once, then 409s)."""
+    ids = tmp / f"{name}.txt"
+    ids.write_text("\n".join(fresh_pending_ids(url, 2000 * args.duration)) + "\n")
+    return lua(tmp, name, PROCESS_LUA % {"file": ids, "threads": args.threads})
+
+
 def probe(base: str, path: str) -> bool:
     try:
         return http("GET", base + path, timeout=60)[0] == 200
@@ -474,19 +498,12 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
             servers["peer"] = start_peer(peer, env, svc_url, peer_url, tmp, logs)
 
         base = servers["svc"].base
-        offset = int(n * 0.9)
-        paths = {"health": "/health", "first_page": "/records", "filtered": FILTERED,
-                 "filtered_newest": FILTERED_NEWEST, "offset": f"/records?offset={offset}",
-                 "summary": "/reports/summary", "timeseries": "/reports/timeseries?bucket=day"}
+        paths = read_paths(n)
         scripts = {key: lua(tmp, f"{kind}-{key}", "") for key in paths}
         scripts["get"] = lua(tmp, f"{kind}-get", GET_LUA % {"file": ids_file})
-        scripts["create"] = post_script(tmp, f"{kind}-create", "/records", [make_record(rng) for _ in range(20)])
-        scripts["batch"] = post_script(tmp, f"{kind}-batch", "/records/batch",
-                                       [{"records": [make_record(rng) for _ in range(100)]} for _ in range(5)])
-        scripts["batch1000"] = post_script(tmp, f"{kind}-batch1000", "/records/batch",
-                                           [{"records": [make_record(rng) for _ in range(1000)]} for _ in range(3)])
+        scripts.update(write_scripts(tmp, kind, rng))
         available = {k: probe(base, p) for k, p in paths.items()}
-        cursor = deep_cursor(base, offset) if probe(base, "/records?limit=1") else None
+        cursor = deep_cursor(base, int(n * 0.9)) if probe(base, "/records?limit=1") else None
         available["cursor"] = bool(cursor)
         if cursor:
             paths["cursor"] = "/records?cursor=" + urllib.request.quote(cursor)
@@ -508,12 +525,8 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
                     path_key = instead or key
                     script = scripts.get(path_key)
                     if key == "process":
-                        db = svc_url if who == "svc" else peer_url
-                        pend = fresh_pending_ids(db, 2000 * args.duration)
-                        script = tmp / f"{kind}-{who}-process-{rep}.lua"
-                        (tmp / f"{script.stem}.txt").write_text("\n".join(pend) + "\n")
-                        script = lua(tmp, script.stem, PROCESS_LUA % {"file": tmp / f"{script.stem}.txt",
-                                                                       "threads": args.threads})
+                        script = process_script(tmp, f"{kind}-{who}-process-{rep}",
+                                                svc_url if who == "svc" else peer_url, args)
                     start = srv.log_size()
                     srv.reset_worker_peaks()
                     res = run_wrk(srv.base + paths.get(path_key, ""), script, args)
