@@ -28,6 +28,8 @@ SELECT 1 AS ok;
 -- The process's one write connection keeps SQLite's default 2 MiB of pages, shared by every
 -- thread's writes. Record ids start with the time, so inserts touch the right edges of the
 -- indexes; 8 MiB (needed while ids were random) only raised a worker's peak by 3 MiB.
+-- No memory-mapped I/O (mmap_size): measured no faster, and the mapped pages a worker
+-- touches count in its RSS (docs/benchmarks.md, "Creates against the peer").
 PRAGMA cache_size = -2048;
 
 -- name: pragma.read_cache
