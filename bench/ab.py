@@ -4,13 +4,14 @@
         [--database sqlite|postgresql] [--records N] [--rounds K] [--duration S] [--scenarios health,get,...]
 
 A side is a git revision of this repository (exported with `git archive`) or a directory holding
-the service (`.` is the working tree), with settings of its own (`--a-env`, `--b-env`). Both run at
-once under `workflow serve --workers 2` with this repository's venv, each on its own database seeded
-alike (bench/run.py's seeding). Every round runs each scenario on one side and then on the other, A
-first in the first round, B in the second, and so on, so that a machine slowing down weighs on both. Prints,
-per scenario, each side's median req/s, B/A as the median of the rounds' own ratios, and how many
-rounds B won; the runs go to bench/results/ab-*.json. Traffic goes to 127.0.0.1 only.
-docs/benchmarks.md, "Comparing two versions", says when to use it.
+the service (relative to the repository, so `.` is the working tree), with settings of its own
+(`--a-env`, `--b-env`). Both run at once under `workflow serve --workers 2` with this repository's
+venv, each on its own database seeded alike (bench/run.py's seeding). Every round runs each scenario
+on one side and then on the other, A first in the first round, B in the second, and so on, so that
+a machine slowing down weighs on both. Prints, per scenario, each side's median req/s, B/A as the
+median of the rounds' own ratios, how many rounds B won, the non-2xx answers and the workers' peak
+RSS; the runs go to bench/results/ab-*.json. Traffic goes to 127.0.0.1 only. docs/benchmarks.md,
+"Comparing two versions", says how much of a difference is noise.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ def measure(sides: list[Side], args, tmp: Path) -> dict[str, dict | None]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--a", required=True, help="a directory holding the service, or a git revision")
+    ap.add_argument("--a", required=True, help="a directory holding the service (relative to the repository or "
+                    "absolute), or a git revision")
     ap.add_argument("--b", required=True, help="the same for the other side")
     ap.add_argument("--a-env", action="append", default=[], metavar="KEY=VALUE", help="a setting of A's (repeat)")
     ap.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE", help="a setting of B's (repeat)")
