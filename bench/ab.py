@@ -82,7 +82,7 @@ def materialise(spec: str, dest: Path) -> tuple[Path, str]:
 
 
 def round_order(sides: list[Side], index: int) -> list[Side]:
-    """A then B in even rounds, B then A in odd ones."""
+    """A then B in the first round (index 0), B then A in the second, and so on."""
     return sides if index % 2 == 0 else sides[::-1]
 
 
