@@ -82,6 +82,17 @@ def database_url(request, tmp_path_factory) -> str:
     return url
 
 
+@pytest.fixture(params=DIALECTS)
+def database_kind(request) -> str:
+    """`sqlite` or `postgresql`, for tests whose subject makes databases of its own (bench/'s scripts).
+
+    PostgreSQL's server must answer: without one the test skips, or fails under WORKFLOW_REQUIRE_POSTGRES.
+    """
+    if request.param == "postgresql":
+        request.getfixturevalue("pg_server_url")
+    return request.param
+
+
 @pytest.fixture
 def dialect(database_url) -> str:
     """`sqlite` or `postgresql`, for the test at hand."""

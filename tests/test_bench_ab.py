@@ -56,14 +56,7 @@ def test_a_side_is_a_directory_holding_the_service_or_a_git_revision(tmp_path):
     assert described.startswith("HEAD (")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request) -> str:
-    if request.param == "postgresql":
-        request.getfixturevalue("pg_server_url")  # skips, or fails under WORKFLOW_REQUIRE_POSTGRES, without one
-    return request.param
-
-
-def test_two_sides_are_served_seeded_and_measured_in_turn(database, tmp_path):
+def test_two_sides_are_served_seeded_and_measured_in_turn(database_kind, tmp_path):
     if not shutil.which("wrk"):
         if os.environ.get("CI"):
             pytest.fail("wrk is missing in CI: .ci/run must install it")
@@ -71,7 +64,7 @@ def test_two_sides_are_served_seeded_and_measured_in_turn(database, tmp_path):
     out = tmp_path / "ab.json"
     env = dict(os.environ, BENCH_PG_URL=PG_URL)
     proc = subprocess.run([sys.executable, "bench/ab.py", "--a", ".", "--b", str(ROOT), "--b-env", "LOG_LEVEL=WARNING",
-                           "--database", database, "--records", "200", "--rounds", "2", "--duration", "1",
+                           "--database", database_kind, "--records", "200", "--rounds", "2", "--duration", "1",
                            "--scenarios", "health,batch", "--json", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -89,7 +82,7 @@ def test_two_sides_are_served_seeded_and_measured_in_turn(database, tmp_path):
     order = [line.split()[-5].rstrip(":") for line in proc.stdout.splitlines()
              if " round " in line and " health " in line]
     assert order == ["A", "B", "B", "A"]
-    if database == "postgresql":
+    if database_kind == "postgresql":
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'wf_ab_%'").fetchall()
         assert left == []

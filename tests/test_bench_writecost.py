@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import PG_URL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,19 +22,12 @@ after
 """
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request) -> str:
-    if request.param == "postgresql":
-        request.getfixturevalue("pg_server_url")  # skips, or fails under WORKFLOW_REQUIRE_POSTGRES, without one
-    return request.param
-
-
-def test_writecost_times_every_case_and_rewrites_only_its_section(database, tmp_path):
+def test_writecost_times_every_case_and_rewrites_only_its_section(database_kind, tmp_path):
     doc = tmp_path / "benchmarks.md"
     doc.write_text(DOC)
     env = dict(os.environ, BENCH_PG_URL=PG_URL)
     proc = subprocess.Popen([sys.executable, "bench/writecost.py", "--records", "1000", "--rounds", "3",
-                             "--databases", database, "--output", str(doc), "--json", str(tmp_path / "raw.json")],
+                             "--databases", database_kind, "--output", str(doc), "--json", str(tmp_path / "raw.json")],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
@@ -45,10 +37,10 @@ def test_writecost_times_every_case_and_rewrites_only_its_section(database, tmp_
     section, tail = section.split("<!-- writecost:end -->")
     assert head == "# Benchmarks\n\nbefore\n" and tail == "\nafter\n"
     assert "old figures" not in section
-    assert f"### {database}: 1,000 records" in section
+    assert f"### {database_kind}: 1,000 records" in section
     rows = [line for line in section.splitlines() if re.match(r"\| (1|100) records? \|", line)]
     totals = [int(m) for m in re.findall(r"\*\*(\d+)\*\*", section)]
-    if database == "sqlite":
+    if database_kind == "sqlite":
         # alone and taking turns, for 100 records and for one; then the four groups left out
         assert len(rows) == 8 and len(totals) == 8
         assert sum("| 2 |" in row for row in rows) == 2
@@ -56,8 +48,8 @@ def test_writecost_times_every_case_and_rewrites_only_its_section(database, tmp_
         assert len(rows) == 6 and len(totals) == 6
         assert re.search(r"autocommit.*: [\d,]+ µs for 100 records, [\d,]+ µs for one", section)
     assert all(total > 0 for total in totals)
-    assert json.loads((tmp_path / "raw.json").read_text())[0]["database"] == database
-    if database == "postgresql":  # every throw-away database is gone
+    assert json.loads((tmp_path / "raw.json").read_text())[0]["database"] == database_kind
+    if database_kind == "postgresql":  # every throw-away database is gone
         import psycopg
 
         with psycopg.connect(PG_URL, autocommit=True) as conn:
