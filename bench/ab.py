@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +47,7 @@ class Side:
     server: run.Server | None = None
     scripts: dict[str, Path] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
+    available: dict[str, bool] = field(default_factory=dict)  # read scenarios the side answers with 200
     runs: dict[str, list[dict]] = field(default_factory=dict)
 
 
@@ -132,26 +132,13 @@ def prepare(side: Side, args, tmp: Path) -> None:
     run.seed_and_process(side.server.base, env, side.url, args.records, random.Random(42), cwd=side.code)
     ids = tmp / f"ids-{side.name}.txt"
     ids.write_text("\n".join(str(r[0]) for r in run.query(side.url, "SELECT id FROM records")) + "\n")
-    base = side.server.base
-    side.paths = {k: p for k, p in run.read_paths(args.records).items() if run.probe(base, p)}
-    side.scripts = {key: run.lua(tmp, f"{side.name}-{key}", "") for key in side.paths}
-    side.scripts["get"] = run.lua(tmp, f"{side.name}-get", run.GET_LUA % {"file": ids})
-    if "cursor" in args.scenarios:
-        cursor = run.deep_cursor(base, int(args.records * 0.9)) if run.probe(base, "/records?limit=1") else None
-        if cursor:
-            side.paths["cursor"] = "/records?cursor=" + urllib.request.quote(cursor)
-            side.scripts["cursor"] = run.lua(tmp, f"{side.name}-cursor", "")
-
-
-def served(side: Side, key: str) -> bool:
-    """Write scenarios always are; a read scenario when its path answered 200 (the cursor: when found)."""
-    return key in side.paths or key not in {*run.read_paths(0), "cursor"}
+    side.paths, side.scripts, side.available = run.read_scripts(tmp, side.name, side.server.base, ids, args.records)
 
 
 def measure(sides: list[Side], args, tmp: Path) -> dict[str, dict | None]:
     writes = run.write_scripts(tmp, "ab", random.Random(7))  # the same bodies for both sides
     keys = [key for key, _, _ in run.SCENARIOS if key in args.scenarios]
-    keys = [key for key in keys if all(served(side, key) for side in sides)]
+    keys = [key for key in keys if all(side.available.get(key, True) for side in sides)]  # writes: always
     for index in range(args.rounds):
         for key in keys:
             for side in round_order(sides, index):

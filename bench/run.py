@@ -44,7 +44,7 @@ FILTERED_NEWEST = "/records?status=processed&category=c3&limit=50"
 
 PATTERNS = {"get": "/records/[0-9a-f-]+", "create": "/records", "batch": "/records/batch",
             "batch1000": "/records/batch", "process": "/records/[0-9a-f-]+/process"}
-# key, label, which runners run it (RUNNERS); paths: read_paths(), and deep_cursor() for the cursor.
+# key, label, which runners run it (RUNNERS); the reads' paths: read_scripts().
 SCENARIOS = [
     ("health", "health", {"svc", "peer"}),
     ("get", "get by id", {"svc", "ceil", "ceil_sync", "peer"}),
@@ -399,11 +399,22 @@ def post_script(tmp: Path, name: str, path: str, bodies: list) -> Path:
     return lua(tmp, name, POST_LUA % {"bodies": "{" + items + "}", "path": path})
 
 
-def read_paths(n: int) -> dict[str, str]:
-    """The read scenarios' paths on n records (the cursor's is found on each server: deep_cursor)."""
-    return {"health": "/health", "first_page": "/records", "filtered": FILTERED,
-            "filtered_newest": FILTERED_NEWEST, "offset": f"/records?offset={int(n * 0.9)}",
-            "summary": "/reports/summary", "timeseries": "/reports/timeseries?bucket=day"}
+def read_scripts(tmp: Path, tag: str, base: str, ids_file: Path, n: int) -> tuple[dict, dict, dict]:
+    """The read scenarios on the service at `base`, seeded with n records whose ids `ids_file` lists:
+    their paths, their wrk scripts, and whether the service answers each with 200 (the deep cursor's
+    path is found by walking the pages: deep_cursor; without one it is not available)."""
+    paths = {"health": "/health", "first_page": "/records", "filtered": FILTERED,
+             "filtered_newest": FILTERED_NEWEST, "offset": f"/records?offset={int(n * 0.9)}",
+             "summary": "/reports/summary", "timeseries": "/reports/timeseries?bucket=day"}
+    scripts = {key: lua(tmp, f"{tag}-{key}", "") for key in paths}
+    scripts["get"] = lua(tmp, f"{tag}-get", GET_LUA % {"file": ids_file})
+    available = {key: probe(base, path) for key, path in paths.items()}
+    cursor = deep_cursor(base, int(n * 0.9)) if probe(base, "/records?limit=1") else None
+    available["cursor"] = bool(cursor)
+    if cursor:
+        paths["cursor"] = "/records?cursor=" + urllib.request.quote(cursor)
+        scripts["cursor"] = lua(tmp, f"{tag}-cursor", "")
+    return paths, scripts, available
 
 
 def write_scripts(tmp: Path, tag: str, rng: random.Random) -> dict[str, Path]:
@@ -497,17 +508,8 @@ def bench_database(kind: str, args, tmp: Path, peer: Path | None) -> dict:
         if peer:
             servers["peer"] = start_peer(peer, env, svc_url, peer_url, tmp, logs)
 
-        base = servers["svc"].base
-        paths = read_paths(n)
-        scripts = {key: lua(tmp, f"{kind}-{key}", "") for key in paths}
-        scripts["get"] = lua(tmp, f"{kind}-get", GET_LUA % {"file": ids_file})
+        paths, scripts, available = read_scripts(tmp, kind, servers["svc"].base, ids_file, n)
         scripts.update(write_scripts(tmp, kind, rng))
-        available = {k: probe(base, p) for k, p in paths.items()}
-        cursor = deep_cursor(base, int(n * 0.9)) if probe(base, "/records?limit=1") else None
-        available["cursor"] = bool(cursor)
-        if cursor:
-            paths["cursor"] = "/records?cursor=" + urllib.request.quote(cursor)
-            scripts["cursor"] = lua(tmp, f"{kind}-cursor", "")
         missing = [k for k, ok in available.items() if not ok]
         if missing:
             log(f"{kind}: not served, marked n/a: {', '.join(missing)}")
